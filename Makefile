@@ -1,0 +1,54 @@
+# The two commands a newcomer needs: `make run` and `make test`. Each does its own set-up.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_DIR := .broker-dev
+BROKER_LISTEN ?= 127.0.0.1:7443
+BROKER_STORE ?= memory://
+
+.PHONY: venv run test lint typecheck proto unit integration demo clean dev-pki deps-system
+
+venv: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+proto: $(STAMP)
+	@$(BIN)/python tools/genproto.py
+
+dev-pki: $(STAMP)
+	@$(BIN)/broker dev init --dir $(DEV_DIR)
+
+run: dev-pki
+	@$(BIN)/broker serve --config examples/dev/broker.yaml --listen $(BROKER_LISTEN) --store $(BROKER_STORE)
+
+# redis-server is needed by the integration tests; installed from Debian when missing.
+deps-system:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)"; exit 1; fi; }
+
+lint: $(STAMP)
+	@$(BIN)/ruff check broker tests examples tools
+	@$(BIN)/ruff format --check broker tests examples tools
+
+typecheck: $(STAMP)
+	@$(BIN)/mypy
+
+test: venv deps-system lint typecheck
+	@$(BIN)/python -m pytest
+
+unit: $(STAMP)
+	@$(BIN)/python -m pytest tests/unit
+
+integration: $(STAMP) deps-system
+	@$(BIN)/python -m pytest tests/integration
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
