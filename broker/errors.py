@@ -3,8 +3,10 @@
     BrokerError                     (reason, message; never a secret in either)
     ├── Unauthenticated             a credential failed verification
     │     MALFORMED_TOKEN BAD_TOKEN_TYPE BAD_SIGNATURE UNKNOWN_KEY TOKEN_EXPIRED NOT_YET_VALID
-    │     WRONG_AUDIENCE WRONG_ISSUER REPLAYED REVOKED TOOL_MISMATCH ARGS_MISMATCH CERT_MISMATCH STALE
+    │     WRONG_AUDIENCE WRONG_ISSUER REPLAYED REVOKED TOOL_MISMATCH ARGS_MISMATCH
+    │     CERT_MISMATCH STALE
     ├── PermissionDenied            POLICY_DENIED OUTSIDE_PLAN ROLE_NOT_ALLOWED
+    │   └── InvalidSvid             INVALID_SVID (not a valid SPIFFE ID or X.509-SVID)
     ├── FailedPrecondition          APPROVAL_REQUIRED TASK_ENDED
     ├── NotFound                    TASK_NOT_FOUND UNKNOWN_SERVER UNKNOWN_TOOL NOT_FOUND
     ├── InvalidRequest              INVALID_REQUEST (the message names the field)
@@ -19,10 +21,10 @@ fixed message and a correlation id; its detail goes to the server log only.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class Reason(str, Enum):
+class Reason(StrEnum):
     """Reason codes of API.md: a status message begins with one ("REPLAYED: ...")."""
 
     MALFORMED_TOKEN = "MALFORMED_TOKEN"
@@ -42,6 +44,7 @@ class Reason(str, Enum):
     POLICY_DENIED = "POLICY_DENIED"
     OUTSIDE_PLAN = "OUTSIDE_PLAN"
     ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
+    INVALID_SVID = "INVALID_SVID"
     APPROVAL_REQUIRED = "APPROVAL_REQUIRED"
     TASK_ENDED = "TASK_ENDED"
     TASK_NOT_FOUND = "TASK_NOT_FOUND"
@@ -80,6 +83,12 @@ class PermissionDenied(BrokerError):
     ) -> None:
         super().__init__(message, reason)
         self.policy_ids = policy_ids
+
+
+class InvalidSvid(PermissionDenied):
+    """A SPIFFE ID or X.509-SVID is malformed or not acceptable; the message says what is wrong."""
+
+    default_reason = Reason.INVALID_SVID
 
 
 class FailedPrecondition(BrokerError):

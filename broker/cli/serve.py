@@ -1,0 +1,42 @@
+"""`broker serve`: run the broker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import click
+
+from broker.errors import BrokerError
+
+log = logging.getLogger("broker")
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
+@click.option("--listen", help="HOST:PORT (env BROKER_LISTEN).")
+@click.option("--store", help="memory:// | redis://... | redis-cluster://... (env BROKER_STORE).")
+@click.option("--workers", type=int, help="Processes sharing the port (SO_REUSEPORT).")
+def serve(
+    config_path: Path | None, listen: str | None, store: str | None, workers: int | None
+) -> None:
+    """Serve the broker over gRPC with mutual TLS."""
+    from broker.config import load_config
+    from broker.logs import setup_logging
+
+    try:
+        config = load_config(
+            config_path, overrides={"listen": listen, "store": store, "workers": workers}
+        )
+    except BrokerError as exc:
+        raise click.ClickException(f"invalid configuration: {exc.message}") from None
+    setup_logging(config.log_level)
+    from broker.server.run import run
+
+    try:
+        asyncio.run(run(config))
+    except BrokerError as exc:
+        raise click.ClickException(f"cannot start: {exc.message}") from None
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,101 @@
+"""Domain records shared by the core and the store port. Pure data, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+
+
+class Taint(IntEnum):
+    """How far a task's context is contaminated. Ordered: taint only ever goes up."""
+
+    CLEAN = 1
+    UNTRUSTED = 2
+    SUSPECT = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> Taint:
+        return cls[label.upper()]
+
+
+class TaskState(IntEnum):
+    ACTIVE = 1
+    ENDED = 2  # ended by its agent
+    REVOKED = 3  # revoked by an operator, or with its parent
+    EXPIRED = 4  # derived: an ACTIVE task past its expiry
+
+
+@dataclass(frozen=True)
+class PlanStep:
+    server: str  # SPIFFE ID
+    tool: str  # "" means any tool of the server
+
+    def covers(self, server: str, tool: str) -> bool:
+        return self.server == server and (self.tool == "" or self.tool == tool)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    agent: str
+    intent: str
+    on_behalf_of: str
+    created_at: float
+    expires_at: float
+    parent_task_id: str = ""
+    plan: tuple[PlanStep, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    depth: int = 0  # delegation depth: 0 for a top-level task
+    act: tuple[str, ...] = ()  # delegation chain of agents above this one, nearest first
+    taint: Taint = Taint.CLEAN
+    state: TaskState = TaskState.ACTIVE
+    ended_at: float = 0.0
+    end_reason: str = ""
+
+    def state_at(self, now: float) -> TaskState:
+        if self.state is TaskState.ACTIVE and now >= self.expires_at:
+            return TaskState.EXPIRED
+        return self.state
+
+    def is_live(self, now: float) -> bool:
+        return self.state_at(now) is TaskState.ACTIVE
+
+    def with_changes(self, **changes: object) -> TaskRecord:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CredentialRecord:
+    jti: str
+    task_id: str
+    agent: str
+    server: str
+    tool: str
+    args_sha256: str
+    tier: int
+    issued_at: float
+    expires_at: float
+    consumed: bool = False
+
+
+class ConsumeResult(IntEnum):
+    OK = 1
+    REPLAYED = 2  # consumed before
+    REVOKED = 3  # its task has ended or was revoked
+    UNKNOWN = 4  # never recorded (or long gone): not ours to accept
+
+
+@dataclass(frozen=True)
+class RevocationEvent:
+    """One entry of the revocation feed that replicas and offline verifiers follow."""
+
+    cursor: str
+    kind: str  # "task", "agent", "server", "tier", "issued_before", "credential"
+    subject: str
+    revoked_at: float
+    reason: str = ""

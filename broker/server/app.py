@@ -1,0 +1,142 @@
+"""Assemble and run the broker's gRPC server: mTLS, identity, the three services, health and
+reflection. ``BrokerServer`` is used by ``broker serve`` and, on port 0, by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from broker._proto.broker.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
+from broker.audit.sinks import Auditor
+from broker.clock import Clock, SystemClock
+from broker.config import Config
+from broker.policy.engine import PolicyEngine
+from broker.registry import load_registry
+from broker.server.identity import IdentityInterceptor
+from broker.server.servicers import AdminServicer, AgentServicer, VerifierServicer
+from broker.server.tls import ReloadingServerCredentials
+from broker.service import Broker, Limits
+from broker.store.base import Quotas, Store
+from broker.tokens.keys import KeyProvider, LocalKeyProvider
+
+log = logging.getLogger("broker.server")
+
+SERVICE_NAMES = (
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    verifier_pb2.DESCRIPTOR.services_by_name["VerifierService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+
+
+@dataclass
+class Components:
+    broker: Broker
+    tls: ReloadingServerCredentials
+
+
+def build_components(
+    config: Config,
+    *,
+    store: Store,
+    auditor: Auditor,
+    clock: Clock | None = None,
+    keys: KeyProvider | None = None,
+) -> Components:
+    """Load registry, policy and keys (each refusing to start on a problem) and wire the core."""
+    clock = clock or SystemClock()
+    registry = load_registry(config.registry, config.trust_domain)
+    policy = PolicyEngine.from_directory(config.policies, registry)
+    if keys is None:
+        keys = LocalKeyProvider(alg=config.token_alg, directory=config.keys_dir, now=clock.now())
+    broker = Broker(
+        issuer=config.issuer_id,
+        registry=registry,
+        policy=policy,
+        keys=keys,
+        store=store,
+        audit=auditor,
+        clock=clock,
+        limits=Limits(
+            task_max_ttl=config.task_max_ttl,
+            task_default_ttl=config.task_default_ttl,
+            quotas=Quotas(per_task=config.quota_per_task, per_agent=config.quota_per_agent),
+            leeway=config.leeway_seconds,
+            max_delegation_depth=config.max_delegation_depth,
+        ),
+    )
+    return Components(broker=broker, tls=ReloadingServerCredentials(config.tls))
+
+
+class BrokerServer:
+    def __init__(self, config: Config, components: Components) -> None:
+        self.config = config
+        self.components = components
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health_async.HealthServicer()
+
+    async def start(self, *, reuse_port: bool = False) -> int:
+        c = self.components
+        options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
+        server = grpc.aio.server(
+            interceptors=[IdentityInterceptor(self.config.trust_domain)], options=options
+        )
+        # the generated registration functions are untyped
+        add_agent = agent_pb2_grpc.add_AgentServiceServicer_to_server
+        add_verifier = verifier_pb2_grpc.add_VerifierServiceServicer_to_server
+        add_admin = admin_pb2_grpc.add_AdminServiceServicer_to_server
+        add_agent(AgentServicer(c.broker), server)  # type: ignore[no-untyped-call]
+        add_verifier(VerifierServicer(c.broker), server)  # type: ignore[no-untyped-call]
+        add_admin(AdminServicer(c.broker), server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                *SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        self.port = server.add_secure_port(self.config.listen, c.tls.credentials())
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        await server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._server = server
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self._server is not None:
+            await self._health.enter_graceful_shutdown()
+            await self._server.stop(grace)
+            self._server = None
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+async def run_until_signalled(server: BrokerServer) -> None:
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

@@ -1,0 +1,159 @@
+"""The three broker.v1 services. Each method: convert the message, call the core, convert back.
+
+Errors: any exception leaving a method is turned into a status by ``broker.server.status``
+(reason code first, ErrorInfo in the details, INTERNAL with a correlation id for the rest).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from broker._proto.broker.v1 import (
+    admin_pb2_grpc,
+    agent_pb2,
+    agent_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
+from broker.requests import BeginTask, CredentialRequest, Outcome, VerifyRequest
+from broker.server.convert import TAINT_TO_PB, digest_of_args, timestamp
+from broker.server.identity import current_peer
+from broker.server.status import abort
+from broker.service import Broker
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def rpc(fn: Handler[R]) -> Handler[R]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
+            await abort(context, exc)
+
+    return wrapper
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    @rpc
+    async def BeginTask(
+        self, request: agent_pb2.BeginTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.BeginTaskResponse:
+        task = await self._broker.begin_task(
+            current_peer(),
+            BeginTask(
+                intent=request.intent,
+                on_behalf_of=request.on_behalf_of,
+                ttl_seconds=request.ttl_seconds,
+                plan=tuple((s.server, s.tool) for s in request.plan),
+                labels=dict(request.labels),
+                parent_task_id=request.parent_task_id,
+            ),
+        )
+        return agent_pb2.BeginTaskResponse(
+            task_id=task.task_id, expires_at=timestamp(task.expires_at)
+        )
+
+    @rpc
+    async def RequestCredential(
+        self, request: agent_pb2.RequestCredentialRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RequestCredentialResponse:
+        granted = await self._broker.request_credential(
+            current_peer(),
+            CredentialRequest(
+                task_id=request.task_id,
+                server=request.server,
+                tool=request.tool,
+                args_sha256=digest_of_args(request),
+                prompt_sha256=request.prompt_sha256,
+                justification=request.justification,
+                ttl_seconds=request.ttl_seconds,
+                approval_id=request.approval_id,
+            ),
+        )
+        return agent_pb2.RequestCredentialResponse(
+            credential=agent_pb2.Credential(
+                token=granted.token, jti=granted.jti, expires_at=timestamp(granted.expires_at)
+            )
+        )
+
+    @rpc
+    async def EndTask(
+        self, request: agent_pb2.EndTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.EndTaskResponse:
+        killed = await self._broker.end_task(current_peer(), request.task_id, request.outcome)
+        return agent_pb2.EndTaskResponse(revoked_credentials=killed)
+
+
+class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    @rpc
+    async def VerifyCredential(
+        self, request: verifier_pb2.VerifyCredentialRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.VerifyCredentialResponse:
+        v = await self._broker.verify_credential(
+            current_peer(),
+            VerifyRequest(
+                token=request.token,
+                tool=request.tool,
+                args_sha256=digest_of_args(request),
+                presenter_cert_sha256=request.presenter_cert_sha256,
+            ),
+        )
+        return verifier_pb2.VerifyCredentialResponse(
+            task_id=v.task_id,
+            agent=v.agent,
+            tool=v.tool,
+            tier=v.tier,
+            taint=TAINT_TO_PB[v.taint],
+            jti=v.jti,
+            expires_at=timestamp(v.expires_at),
+        )
+
+    @rpc
+    async def ReportOutcome(
+        self, request: verifier_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.ReportOutcomeResponse:
+        trust = {verifier_pb2.TRUSTED: False, verifier_pb2.UNTRUSTED: True}.get(
+            request.content_trust
+        )
+        taint = await self._broker.report_outcome(
+            current_peer(),
+            Outcome(
+                jti=request.jti,
+                succeeded=request.status != verifier_pb2.FAILED,
+                result_sha256=request.result_sha256,
+                untrusted=trust,
+                findings=tuple((f.kind, f.detail) for f in request.findings),
+            ),
+        )
+        return verifier_pb2.ReportOutcomeResponse(taint=TAINT_TO_PB[taint])
+
+    @rpc
+    async def GetSigningKeys(
+        self, request: verifier_pb2.GetSigningKeysRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.GetSigningKeysResponse:
+        import orjson
+
+        jwks = {"keys": self._broker.keys.public_jwks()}
+        return verifier_pb2.GetSigningKeysResponse(jwks_json=orjson.dumps(jwks).decode())
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """Operator RPCs. Those not built yet answer UNIMPLEMENTED (the generated base class)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker

@@ -1,0 +1,433 @@
+"""The broker's core: tasks, per-call credentials, verification, outcomes and revocation.
+
+No gRPC here: the servicers convert messages to ``broker.requests`` types, call this, and
+convert back. Everything this needs is injected: the store port, the key provider, the policy
+engine, the registry, the audit trail and the clock.
+
+Flow of one credential (DESIGN.md): resolve server and tool -> the task is the caller's and live
+-> plan -> Cedar policy (taint, tier, risk, approval) -> TTL = min(tier cap, policy cap,
+requested, task remaining) -> sign -> record in the store (quotas, atomically) -> hand out.
+A token is only ever handed out after the store recorded it.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from dataclasses import dataclass, field
+
+from broker.audit.record import AuditEvent
+from broker.audit.sinks import Auditor
+from broker.clock import Clock
+from broker.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    Unauthenticated,
+)
+from broker.ids import new_jti, new_task_id, task_of_jti
+from broker.model import (
+    ConsumeResult,
+    CredentialRecord,
+    PlanStep,
+    Taint,
+    TaskRecord,
+    TaskState,
+)
+from broker.policy.engine import PolicyEngine
+from broker.policy.model import Effect, PolicyRequest
+from broker.registry import ContentTrust, Registry, ServerEntry, tier_ttl_cap
+from broker.requests import (
+    BeginTask,
+    CredentialRequest,
+    Granted,
+    Outcome,
+    Verified,
+    VerifyRequest,
+    check_task_id,
+)
+from broker.spiffe import PeerIdentity
+from broker.store.base import Quotas, Store
+from broker.tokens.claims import AuthorizationDetail, TokenClaims, mint_token
+from broker.tokens.keys import KeyProvider, KeySet
+from broker.tokens.verify import verify_token
+
+log = logging.getLogger("broker.service")
+
+# Tasks are kept this long after their expiry, so that late verifications still find the
+# tombstone rather than nothing (which also fails, but with a less useful reason).
+TASK_RETENTION = 600.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    task_max_ttl: float = 3600.0
+    task_default_ttl: float = 900.0
+    quotas: Quotas = field(default_factory=Quotas)
+    leeway: float = 5.0
+    max_delegation_depth: int = 3
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        registry: Registry,
+        policy: PolicyEngine,
+        keys: KeyProvider,
+        store: Store,
+        audit: Auditor,
+        clock: Clock,
+        limits: Limits | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.registry = registry
+        self.policy = policy
+        self.keys = keys
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.limits = limits or Limits()
+        self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
+
+    # -- AgentService ------------------------------------------------------------------------
+
+    async def begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
+        now = self.clock.now()
+        agent = str(peer.spiffe_id)
+        plan = tuple(self._plan_step(i, ref, tool) for i, (ref, tool) in enumerate(req.plan))
+        ttl = float(req.ttl_seconds) if req.ttl_seconds else self.limits.task_default_ttl
+        expires_at = now + min(ttl, self.limits.task_max_ttl)
+        depth, taint = 0, Taint.CLEAN
+        act: tuple[str, ...] = ()
+        if req.parent_task_id:
+            parent = await self._task(req.parent_task_id, now, owner=None)
+            depth = parent.depth + 1
+            if depth > self.limits.max_delegation_depth:
+                raise PermissionDenied(
+                    f"delegation depth {depth} exceeds the limit of "
+                    f"{self.limits.max_delegation_depth}",
+                    Reason.POLICY_DENIED,
+                )
+            act = (parent.agent, *parent.act)
+            taint = parent.taint  # a sub-agent inherits what its parent has read
+            expires_at = min(expires_at, parent.expires_at)
+            if parent.plan:
+                if not plan:
+                    plan = parent.plan
+                for i, step in enumerate(plan):
+                    # covers() also makes "any tool" (tool "") need "any tool" in the parent
+                    if not any(p.covers(step.server, step.tool) for p in parent.plan):
+                        raise PermissionDenied(
+                            f"plan[{i}] ({step.server} {step.tool or '*'}) is outside the "
+                            "parent task's plan",
+                            Reason.OUTSIDE_PLAN,
+                        )
+        task = TaskRecord(
+            task_id=new_task_id(),
+            agent=agent,
+            intent=req.intent,
+            on_behalf_of=req.on_behalf_of,
+            created_at=now,
+            expires_at=expires_at,
+            parent_task_id=req.parent_task_id,
+            plan=plan,
+            labels=dict(req.labels),
+            depth=depth,
+            act=act,
+            taint=taint,
+        )
+        await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
+        self._audit("task.begin", peer, task=task.task_id, extra={"depth": depth})
+        return task
+
+    async def request_credential(self, peer: PeerIdentity, req: CredentialRequest) -> Granted:
+        now = self.clock.now()
+        task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
+        server = self.registry.server(req.server)
+        tool = self.registry.tool(server, req.tool)
+        in_plan = not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan)
+        if not in_plan:
+            self._audit_decision(peer, task, server, req, "deny", ("outside-plan",))
+            raise PermissionDenied(
+                f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
+                Reason.OUTSIDE_PLAN,
+            )
+        decision = self.policy.decide(
+            PolicyRequest(
+                agent=task.agent,
+                server=server,
+                tool=tool,
+                intent=task.intent,
+                taint=task.taint.label,
+                in_plan=in_plan,
+                has_plan=bool(task.plan),
+                approved=False,
+                now=now,
+                delegation_depth=task.depth,
+                on_behalf_of=task.on_behalf_of,
+            )
+        )
+        ids = tuple(decision.policy_ids)
+        if decision.effect is Effect.DENY:
+            self._audit_decision(peer, task, server, req, "deny", ids)
+            raise PermissionDenied(
+                f"denied by policy {', '.join(ids) or '(no permit matched)'}",
+                Reason.POLICY_DENIED,
+                policy_ids=ids,
+            )
+        if decision.effect is Effect.APPROVAL_REQUIRED:
+            self._audit_decision(peer, task, server, req, "approval_required", ids)
+            raise FailedPrecondition(
+                f"{server.name}/{tool.name} needs an operator's approval (policy {', '.join(ids)})",
+                Reason.APPROVAL_REQUIRED,
+            )
+        caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
+        if decision.ttl_cap is not None:
+            caps.append(float(decision.ttl_cap))
+        if req.ttl_seconds:
+            caps.append(float(req.ttl_seconds))
+        ttl = int(min(caps))
+        if ttl < 1:
+            raise FailedPrecondition(
+                f"task {task.task_id} expires in under a second", Reason.TASK_ENDED
+            )
+        iat = int(now)
+        jti = new_jti(task.task_id)
+        claims = TokenClaims(
+            iss=self.issuer,
+            sub=task.agent,
+            aud=server.spiffe_id,
+            iat=iat,
+            nbf=iat,
+            exp=iat + ttl,
+            jti=jti,
+            task=task.task_id,
+            authorization_details=(
+                AuthorizationDetail(
+                    type="tool_call",
+                    server=server.spiffe_id,
+                    tool=tool.name,
+                    action=tool.risk.value,
+                    args_sha256=req.args_sha256,
+                ),
+            ),
+            cnf_x5t_s256=peer.x5t_s256,
+            tier=server.tier,
+            taint=task.taint.label,
+            act=_act_claim(task.act),
+        )
+        token = mint_token(claims, self.keys)
+        await self.store.record_credential(
+            CredentialRecord(
+                jti=jti,
+                task_id=task.task_id,
+                agent=task.agent,
+                server=server.spiffe_id,
+                tool=tool.name,
+                args_sha256=req.args_sha256,
+                tier=server.tier,
+                issued_at=float(iat),
+                expires_at=float(iat + ttl),
+            ),
+            quotas=self.limits.quotas,
+            now=now,
+        )
+        self._audit_decision(peer, task, server, req, "allow", ids)
+        self._audit(
+            "credential.mint",
+            peer,
+            task=task.task_id,
+            server=server.spiffe_id,
+            tool=tool.name,
+            args_sha256=req.args_sha256,
+            prompt_sha256=req.prompt_sha256 or None,
+            jti=jti,
+            extra={"ttl": ttl, "tier": server.tier},
+        )
+        return Granted(token=token, jti=jti, expires_at=float(iat + ttl))
+
+    async def end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
+        now = self.clock.now()
+        check_task_id(task_id)
+        await self._task(task_id, now, owner=str(peer.spiffe_id), live=False)
+        killed, ended = await self.store.end_task(
+            task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
+        )
+        self._audit(
+            "task.end",
+            peer,
+            task=task_id,
+            outcome=outcome or None,
+            extra={"revoked_credentials": killed, "tasks_ended": len(ended)},
+        )
+        return killed
+
+    # -- VerifierService ---------------------------------------------------------------------
+
+    def keyset(self) -> KeySet:
+        jwks = self.keys.public_jwks()
+        kids = tuple(sorted(str(k["kid"]) for k in jwks))
+        if self._keyset_cache is None or self._keyset_cache[0] != kids:
+            self._keyset_cache = (kids, KeySet.from_jwks({"keys": jwks}))
+        return self._keyset_cache[1]
+
+    async def verify_credential(self, peer: PeerIdentity, req: VerifyRequest) -> Verified:
+        now = self.clock.now()
+        audience = str(peer.spiffe_id)
+        presenter = (
+            base64.urlsafe_b64encode(bytes.fromhex(req.presenter_cert_sha256)).rstrip(b"=").decode()
+            if req.presenter_cert_sha256
+            else None
+        )
+        try:
+            claims = verify_token(
+                req.token,
+                keys=self.keyset(),
+                allowed_algs=frozenset({self.keys.alg}),
+                issuer=self.issuer,
+                audience=audience,
+                now=now,
+                leeway=self.limits.leeway,
+                tool=req.tool,
+                args_sha256=req.args_sha256,
+                presenter_x5t_s256=presenter,
+            )
+            result = await self.store.consume_credential(claims.task, claims.jti, now)
+            if result is ConsumeResult.REPLAYED:
+                raise Unauthenticated(
+                    "credential was already used: it verifies once", Reason.REPLAYED
+                )
+            if result is ConsumeResult.REVOKED:
+                raise Unauthenticated(
+                    f"task {claims.task} has ended or was revoked", Reason.REVOKED
+                )
+            if result is ConsumeResult.UNKNOWN:
+                raise Unauthenticated(
+                    "credential is not known to the broker's store (expired long ago, or the "
+                    "store lost it): treated as revoked",
+                    Reason.REVOKED,
+                )
+        except Unauthenticated as exc:
+            self._audit("credential.verify", peer, outcome="rejected", reason=exc.reason.value)
+            raise
+        task = await self.store.get_task(claims.task)
+        taint = task.taint if task else Taint.from_label(claims.taint)
+        detail = claims.authorization_details[0]
+        self._audit(
+            "credential.consume",
+            peer,
+            task=claims.task,
+            server=audience,
+            tool=detail.tool,
+            args_sha256=detail.args_sha256,
+            jti=claims.jti,
+            outcome="accepted",
+        )
+        return Verified(
+            task_id=claims.task,
+            agent=claims.sub,
+            server=audience,
+            tool=detail.tool,
+            tier=claims.tier,
+            taint=taint,
+            jti=claims.jti,
+            expires_at=float(claims.exp),
+        )
+
+    async def report_outcome(self, peer: PeerIdentity, outcome: Outcome) -> Taint:
+        task_id = task_of_jti(outcome.jti)
+        if task_id is None:
+            raise InvalidRequest("jti", "is not a credential id issued by this broker")
+        cred = await self.store.get_credential(task_id, outcome.jti)
+        if cred is None or cred.server != str(peer.spiffe_id):
+            raise NotFound(f"no credential {outcome.jti} for {peer.spiffe_id}")
+        server = self.registry.server(cred.server)
+        untrusted = (
+            outcome.untrusted
+            if outcome.untrusted is not None
+            else server.content_trust is ContentTrust.UNTRUSTED
+        )
+        taint = Taint.CLEAN
+        if untrusted:
+            taint = Taint.UNTRUSTED
+        if outcome.findings:
+            taint = Taint.SUSPECT
+        new = await self.store.raise_taint(task_id, taint)
+        self._audit(
+            "outcome.report",
+            peer,
+            task=task_id,
+            server=cred.server,
+            tool=cred.tool,
+            jti=outcome.jti,
+            outcome="succeeded" if outcome.succeeded else "failed",
+            extra={
+                "taint": new.label,
+                "findings": ",".join(sorted({k for k, _ in outcome.findings})),
+                **({"result_sha256": outcome.result_sha256} if outcome.result_sha256 else {}),
+            },
+        )
+        return new
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _plan_step(self, i: int, ref: str, tool: str) -> PlanStep:
+        try:
+            server = self.registry.server(ref)
+            if tool:
+                self.registry.tool(server, tool)
+        except NotFound as exc:
+            raise NotFound(f"plan[{i}]: {exc.message}", exc.reason) from None
+        return PlanStep(server.spiffe_id, tool)
+
+    async def _task(
+        self, task_id: str, now: float, *, owner: str | None, live: bool = True
+    ) -> TaskRecord:
+        task = await self.store.get_task(task_id)
+        # Another agent's task is reported as absent: ids are not an oracle.
+        if task is None or (owner is not None and task.agent != owner):
+            raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+        if live and not task.is_live(now):
+            raise FailedPrecondition(
+                f"task {task_id} is {task.state_at(now).name.lower()}", Reason.TASK_ENDED
+            )
+        return task
+
+    def _audit_decision(
+        self,
+        peer: PeerIdentity,
+        task: TaskRecord,
+        server: ServerEntry,
+        req: CredentialRequest,
+        decision: str,
+        policy_ids: tuple[str, ...],
+    ) -> None:
+        self._audit(
+            "credential.decision",
+            peer,
+            task=task.task_id,
+            server=server.spiffe_id,
+            tool=req.tool,
+            args_sha256=req.args_sha256,
+            prompt_sha256=req.prompt_sha256 or None,
+            decision=decision,
+            policy_ids=policy_ids,
+            extra={"taint": task.taint.label, "tier": server.tier},
+        )
+
+    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+        self.audit.record(
+            AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
+        )
+
+
+def _act_claim(chain: tuple[str, ...]) -> dict[str, object] | None:
+    """RFC 8693 §4.1 ``act``: the nearest delegator outermost, earlier ones nested."""
+    claim: dict[str, object] | None = None
+    for agent in reversed(chain):
+        claim = {"sub": agent, **({"act": claim} if claim else {})}
+    return claim

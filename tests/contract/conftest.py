@@ -1,0 +1,39 @@
+"""Store factories for the contract suite. Each param is one implementation of the store port.
+
+The Redis implementations (single server and a 3-master cluster) are added by
+tests/contract/redis_factories.py when it exists; every test in this folder runs on each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from broker.store.base import Store
+from broker.store.memory import MemoryStore
+
+StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[Store]]
+
+
+async def _memory(_: pytest.FixtureRequest) -> Store:
+    return MemoryStore()
+
+
+FACTORIES: dict[str, StoreFactory] = {"memory": _memory}
+
+try:  # the Redis factories need redis-server on the machine (make test installs it)
+    from tests.contract.redis_factories import REDIS_FACTORIES
+
+    FACTORIES.update(REDIS_FACTORIES)
+except ImportError:  # pragma: no cover - only before the Redis store exists
+    pass
+
+
+@pytest.fixture(params=sorted(FACTORIES))
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    s = await FACTORIES[request.param](request)
+    try:
+        yield s
+    finally:
+        await s.close()
