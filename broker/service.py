@@ -16,6 +16,8 @@ import base64
 import logging
 from dataclasses import dataclass, field
 
+import orjson
+
 from broker.audit.record import AuditEvent
 from broker.audit.sinks import Auditor
 from broker.clock import Clock
@@ -92,6 +94,7 @@ class Broker:
         self.clock = clock
         self.limits = limits or Limits()
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
+        self._last_key_refresh = 0.0
 
     # -- AgentService ------------------------------------------------------------------------
 
@@ -275,6 +278,25 @@ class Broker:
             self._keyset_cache = (kids, KeySet.from_jwks({"keys": jwks}))
         return self._keyset_cache[1]
 
+    def keyset_for(self, token: str) -> KeySet:
+        """The key set, re-read from the shared key ring first when the token names a key this
+        replica has not seen yet (another replica rotated). At most once a second."""
+        keys = self.keyset()
+        kid = _peek_kid(token)
+        now = self.clock.now()
+        if kid is not None and kid not in keys and now - self._last_key_refresh >= 1.0:
+            self._last_key_refresh = now
+            self.refresh_keys(now)
+            keys = self.keyset()
+        return keys
+
+    def refresh_keys(self, now: float) -> None:
+        """Follow rotations made by other replicas and prune keys whose tokens have expired."""
+        reload = getattr(self.keys, "reload", None)
+        if reload is not None:
+            reload(now)
+        self.keys.prune(now)
+
     async def verify_credential(self, peer: PeerIdentity, req: VerifyRequest) -> Verified:
         now = self.clock.now()
         audience = str(peer.spiffe_id)
@@ -286,7 +308,7 @@ class Broker:
         try:
             claims = verify_token(
                 req.token,
-                keys=self.keyset(),
+                keys=self.keyset_for(req.token),
                 allowed_algs=frozenset({self.keys.alg}),
                 issuer=self.issuer,
                 audience=audience,
@@ -423,6 +445,19 @@ class Broker:
         self.audit.record(
             AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )
+
+
+def _peek_kid(token: str) -> str | None:
+    """The ``kid`` of a token's header, unverified, or None: only to pick a key set."""
+    head = token.split(".", 1)[0]
+    if len(head) > 512:
+        return None
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
 
 
 def _act_claim(chain: tuple[str, ...]) -> dict[str, object] | None:

@@ -87,6 +87,7 @@ class BrokerServer:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._health = health_async.HealthServicer()
+        self._maintenance: asyncio.Task[None] | None = None
 
     async def start(self, *, reuse_port: bool = False) -> int:
         c = self.components
@@ -117,9 +118,23 @@ class BrokerServer:
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
+        self._maintenance = asyncio.create_task(self._maintain())
         return self.port
 
+    async def _maintain(self, interval: float = 2.0) -> None:
+        """Housekeeping: follow key rotations of other replicas, prune expired keys."""
+        broker = self.components.broker
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                broker.refresh_keys(broker.clock.now())
+            except Exception:  # housekeeping must not die; the next round retries
+                log.exception("key ring maintenance failed")
+
     async def stop(self, grace: float = 2.0) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            self._maintenance = None
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)

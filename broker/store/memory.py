@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from broker.errors import FailedPrecondition, NotFound, QuotaExceeded, Reason
+from broker.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.model import (
     ConsumeResult,
     CredentialRecord,
@@ -41,6 +41,8 @@ class MemoryStore:
 
     async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
         async with self._lock:
+            if task.task_id in self._tasks:  # never resurrect an ended task
+                raise InvalidRequest("task_id", f"task {task.task_id} already exists")
             if task.parent_task_id:
                 parent = self._tasks.get(task.parent_task_id)
                 if parent is None:
@@ -137,6 +139,8 @@ class MemoryStore:
                     Reason.TASK_ENDED,
                 )
             creds = self._creds[cred.task_id]
+            if cred.jti in creds:  # never re-arm a consumed credential
+                raise InvalidRequest("jti", f"credential {cred.jti} is already recorded")
             live_in_task = sum(1 for c in creds.values() if not c.consumed and c.expires_at > now)
             if live_in_task >= quotas.per_task:
                 raise QuotaExceeded(

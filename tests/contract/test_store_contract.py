@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from broker.errors import FailedPrecondition, NotFound, QuotaExceeded, Reason
+from broker.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.ids import new_jti, new_task_id
 from broker.model import (
     ConsumeResult,
@@ -279,3 +279,16 @@ async def test_tasks_with_server_lists_only_live_tasks(store: Store) -> None:
     assert list(await store.tasks_with_server(REPO, NOW)) == [t.task_id]
     await store.end_task(t.task_id, state=TaskState.REVOKED, now=NOW, reason="op")
     assert list(await store.tasks_with_server(REPO, NOW)) == []
+
+
+async def test_duplicates_are_refused(store: Store) -> None:
+    """A replayed create or record must never resurrect an ended task or re-arm a credential."""
+    t = await started(store)
+    with pytest.raises(InvalidRequest):
+        await store.create_task(t, retain_until=t.expires_at + 300)
+    c = cred(t)
+    await store.record_credential(c, quotas=Quotas(), now=NOW)
+    assert await store.consume_credential(t.task_id, c.jti, NOW) is ConsumeResult.OK
+    with pytest.raises(InvalidRequest):
+        await store.record_credential(c, quotas=Quotas(), now=NOW)
+    assert await store.consume_credential(t.task_id, c.jti, NOW) is ConsumeResult.REPLAYED
