@@ -1,0 +1,1 @@
+"""Internals of :mod:`broker.sanitizer`; import the public API from there, not from here."""
