@@ -8,7 +8,7 @@ DEV_DIR := .broker-dev
 BROKER_LISTEN ?= 127.0.0.1:7443
 BROKER_STORE ?= memory://
 
-.PHONY: venv run test lint typecheck proto unit integration demo clean dev-pki deps-system
+.PHONY: venv run test lint typecheck proto unit integration demo clean dev-pki deps-system bench bench-profile
 
 venv: $(STAMP)
 
@@ -28,6 +28,11 @@ dev-pki: $(STAMP)
 run: dev-pki
 	@$(BIN)/broker serve --config examples/dev/broker.yaml --listen $(BROKER_LISTEN) --store $(BROKER_STORE)
 
+# The whole story, narrated: an agent, the dev MCP servers (examples/), and `make run`'s broker
+# (started in the background for the demo if none answers on $(BROKER_LISTEN)).
+demo: dev-pki
+	@BROKER_ADDR=$(BROKER_LISTEN) $(BIN)/python examples/demo.py
+
 # redis-server is needed by the integration tests; installed from Debian when missing.
 deps-system:
 	@command -v redis-server >/dev/null || { \
@@ -35,8 +40,8 @@ deps-system:
 	  else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)"; exit 1; fi; }
 
 lint: $(STAMP)
-	@$(BIN)/ruff check broker tests examples tools
-	@$(BIN)/ruff format --check broker tests examples tools
+	@$(BIN)/ruff check broker tests examples tools bench
+	@$(BIN)/ruff format --check broker tests examples tools bench
 
 typecheck: $(STAMP)
 	@$(BIN)/mypy
@@ -49,6 +54,15 @@ unit: $(STAMP)
 
 integration: $(STAMP) deps-system
 	@$(BIN)/python -m pytest tests/integration
+
+# Starts redis-server, the broker (Redis store, one worker per core) and OpenBao (raft) in a temp
+# dir, measures (docs/performance.md), writes bench/results.json and bench/results.png. ~2-3 min.
+bench: $(STAMP) deps-system
+	@$(BIN)/python -m bench
+
+# Where a mint's time goes: py-spy on one worker under mint load -> bench/profile.txt.
+bench-profile: $(STAMP) deps-system
+	@$(BIN)/python -m bench profile
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

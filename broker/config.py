@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from broker.errors import ConfigError
+from broker.vault.config import VaultConfig, parse_vault_config
 
 ENV_OVERRIDES: dict[str, str] = {
     "BROKER_LISTEN": "listen",
@@ -32,6 +33,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "BROKER_KEYS_DIR": "tokens.keys_dir",
     "BROKER_LOG_LEVEL": "log_level",
     "BROKER_AUDIT_SINKS": "audit.sinks",
+    "BROKER_VAULT_ADDR": "vault.addr",
+    "BROKER_WORKERS": "workers",
 }
 
 ALGORITHMS = ("ES256", "EdDSA")
@@ -64,9 +67,11 @@ class Config:
     max_delegation_depth: int = 3
     store_timeout: float = 0.5
     audit_sinks: tuple[str, ...] = ("stdout",)
+    approval_ttl: float = 600.0  # approvals.ttl_seconds: to decide, then to use, an approval
     log_level: str = "info"
-    workers: int = 1
+    workers: int | None = None  # processes sharing the port; None: the cores (1 with memory://)
     extra: Mapping[str, Any] = field(default_factory=dict)
+    vault: VaultConfig | None = None  # the vault: section (broker.vault.config)
 
     @property
     def issuer_id(self) -> str:
@@ -88,6 +93,8 @@ _KNOWN: dict[str, tuple[str, ...] | None] = {
     "quotas": ("per_task", "per_agent"),
     "store_options": ("timeout_seconds",),
     "audit": ("sinks",),
+    "vault": None,  # validated by broker.vault.config
+    "approvals": ("ttl_seconds",),
 }
 
 
@@ -268,9 +275,24 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
             store_opts, "timeout_seconds", "store_options.timeout_seconds", 0.5, 0.01
         ),
         audit_sinks=tuple(sinks),
+        approval_ttl=_num(
+            _section(data, "approvals"), "ttl_seconds", "approvals.ttl_seconds", 600, 1
+        ),
         log_level=log_level,
-        workers=int(_num(data, "workers", "workers", 1, 1)),
+        vault=parse_vault_config(_section(data, "vault"), base) if data.get("vault") else None,
+        workers=_workers(data.get("workers")),
     )
+
+
+def _workers(value: Any) -> int | None:
+    """``workers``: a count of at least 1, or absent / "auto" (decided at start, see
+    ``broker.server.workers.resolve_workers``)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return None
+    count = _num({"workers": value}, "workers", "workers", 1, 1)
+    if count != int(count):
+        raise ConfigError("workers", f"must be a whole number of processes, got {value!r}")
+    return int(count)
 
 
 def with_listen(config: Config, listen: str) -> Config:

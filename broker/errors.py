@@ -7,11 +7,12 @@
     │     CERT_MISMATCH STALE
     ├── PermissionDenied            POLICY_DENIED OUTSIDE_PLAN ROLE_NOT_ALLOWED
     │   └── InvalidSvid             INVALID_SVID (not a valid SPIFFE ID or X.509-SVID)
-    ├── FailedPrecondition          APPROVAL_REQUIRED TASK_ENDED
+    ├── FailedPrecondition          APPROVAL_REQUIRED TASK_ENDED APPROVAL_NOT_PENDING
     ├── NotFound                    TASK_NOT_FOUND UNKNOWN_SERVER UNKNOWN_TOOL NOT_FOUND
     ├── InvalidRequest              INVALID_REQUEST (the message names the field)
     ├── QuotaExceeded               QUOTA_EXCEEDED
     ├── StoreUnavailable            STORE_UNAVAILABLE
+    ├── VaultUnavailable            SECRET_UNAVAILABLE SIGNING_UNAVAILABLE (Vault/OpenBao)
     └── ConfigError                 CONFIG_INVALID (start-up and reload only; names the key)
 
 Errors carry a domain kind, not a gRPC status: the one table that maps kinds to status codes is
@@ -46,6 +47,7 @@ class Reason(StrEnum):
     ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
     INVALID_SVID = "INVALID_SVID"
     APPROVAL_REQUIRED = "APPROVAL_REQUIRED"
+    APPROVAL_NOT_PENDING = "APPROVAL_NOT_PENDING"  # an operator decides one already decided
     TASK_ENDED = "TASK_ENDED"
     TASK_NOT_FOUND = "TASK_NOT_FOUND"
     UNKNOWN_SERVER = "UNKNOWN_SERVER"
@@ -54,6 +56,8 @@ class Reason(StrEnum):
     INVALID_REQUEST = "INVALID_REQUEST"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    SECRET_UNAVAILABLE = "SECRET_UNAVAILABLE"  # a tool's downstream secret: Vault failed
+    SIGNING_UNAVAILABLE = "SIGNING_UNAVAILABLE"  # Transit signing: Vault failed
     CONFIG_INVALID = "CONFIG_INVALID"
     INTERNAL = "INTERNAL"
 
@@ -117,6 +121,13 @@ class StoreUnavailable(BrokerError):
     """The state store cannot be reached in time: fail closed."""
 
     default_reason = Reason.STORE_UNAVAILABLE
+
+
+class VaultUnavailable(BrokerError):
+    """Vault (or OpenBao) could not serve a request in time, refused it, or lacked what was asked:
+    fail closed. The message says what failed; never a secret."""
+
+    default_reason = Reason.SECRET_UNAVAILABLE
 
 
 class ConfigError(BrokerError):

@@ -20,6 +20,7 @@ from typing import Final, TypeVar
 
 from broker._yaml import load_yaml_file
 from broker.errors import ConfigError, NotFound, Reason
+from broker.vault.secret import SecretSource, parse_secret_source
 
 TIER_MAX_TTL: Final[Mapping[int, int]] = MappingProxyType({0: 300, 1: 120, 2: 60, 3: 30})
 """Default maximum credential life in seconds for each authority tier (DESIGN.md)."""
@@ -57,6 +58,7 @@ class ToolEntry:
     name: str
     risk: Risk
     description: str = ""
+    secret: SecretSource | None = None  # handed to the MCP server on verification (docs/vault.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +163,7 @@ _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 
 _TOP_KEYS = ("version", "servers", "agents")
 _SERVER_KEYS = ("spiffe_id", "name", "tier", "content_trust", "tools")
-_TOOL_KEYS = ("risk", "description")
+_TOOL_KEYS = ("risk", "description", "secret")
 _AGENT_KEYS = ("spiffe_id", "name", "team", "attributes")
 
 
@@ -231,7 +233,9 @@ def _server(item: object, key: str, trust_domain: str) -> ServerEntry:
         if not isinstance(description, str):
             raise ConfigError(f"{tool_key}.description", "must be a string")
         risk = _enum(tool_fields, "risk", tool_key, Risk)
-        tools[tool_name] = ToolEntry(tool_name, risk, description)
+        secret = tool_fields.get("secret")
+        source = None if secret is None else parse_secret_source(secret, f"{tool_key}.secret")
+        tools[tool_name] = ToolEntry(tool_name, risk, description, source)
     return ServerEntry(spiffe_id, name, tier, content_trust, MappingProxyType(tools))
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from broker.errors import InvalidRequest
 from broker.ids import is_task_id
 from broker.model import Taint
+from broker.vault.secret import IssuedSecret
 
 MAX_INTENT = 2000
 MAX_TEXT = 512
@@ -104,6 +105,15 @@ class Granted:
 
 
 @dataclass(frozen=True)
+class Pending:
+    """The call needs an operator's approval: retry it with ``approval_id`` once approved."""
+
+    approval_id: str
+    expires_at: float
+    reason: str
+
+
+@dataclass(frozen=True)
 class VerifyRequest:
     token: str
     tool: str
@@ -131,6 +141,7 @@ class Verified:
     taint: Taint
     jti: str
     expires_at: float
+    secret: IssuedSecret | None = None  # the tool's downstream secret, for the MCP server only
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import base64
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 
+from broker import approvals
+from broker.approvals import ApprovalRecord, ApprovalState
 from broker.audit.record import AuditEvent
 from broker.audit.sinks import Auditor
 from broker.clock import Clock
@@ -28,6 +30,7 @@ from broker.errors import (
     PermissionDenied,
     Reason,
     Unauthenticated,
+    VaultUnavailable,
 )
 from broker.ids import new_jti, new_task_id, task_of_jti
 from broker.model import (
@@ -40,21 +43,23 @@ from broker.model import (
 )
 from broker.policy.engine import PolicyEngine
 from broker.policy.model import Effect, PolicyRequest
-from broker.registry import ContentTrust, Registry, ServerEntry, tier_ttl_cap
+from broker.registry import ContentTrust, Registry, ServerEntry, ToolEntry, tier_ttl_cap
 from broker.requests import (
     BeginTask,
     CredentialRequest,
     Granted,
     Outcome,
+    Pending,
     Verified,
     VerifyRequest,
     check_task_id,
 )
 from broker.spiffe import PeerIdentity
 from broker.store.base import Quotas, Store
-from broker.tokens.claims import AuthorizationDetail, TokenClaims, mint_token
+from broker.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
 from broker.tokens.keys import KeyProvider, KeySet
 from broker.tokens.verify import verify_token
+from broker.vault.secrets import SecretBroker
 
 log = logging.getLogger("broker.service")
 
@@ -70,6 +75,8 @@ class Limits:
     quotas: Quotas = field(default_factory=Quotas)
     leeway: float = 5.0
     max_delegation_depth: int = 3
+    approval_ttl: float = approvals.DEFAULT_TTL
+    max_pending_approvals: int = approvals.MAX_PENDING_PER_TASK
 
 
 class Broker:
@@ -84,6 +91,7 @@ class Broker:
         audit: Auditor,
         clock: Clock,
         limits: Limits | None = None,
+        secrets: SecretBroker | None = None,
     ) -> None:
         self.issuer = issuer
         self.registry = registry
@@ -93,6 +101,7 @@ class Broker:
         self.audit = audit
         self.clock = clock
         self.limits = limits or Limits()
+        self.secrets = secrets  # downstream secrets from Vault (broker.vault); None: no Vault
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
         self._last_key_refresh = 0.0
 
@@ -147,7 +156,10 @@ class Broker:
         self._audit("task.begin", peer, task=task.task_id, extra={"depth": depth})
         return task
 
-    async def request_credential(self, peer: PeerIdentity, req: CredentialRequest) -> Granted:
+    async def request_credential(
+        self, peer: PeerIdentity, req: CredentialRequest
+    ) -> Granted | Pending:
+        """A credential for one call, or a pending approval for it (then retried with its id)."""
         now = self.clock.now()
         task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
         server = self.registry.server(req.server)
@@ -159,21 +171,12 @@ class Broker:
                 f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
                 Reason.OUTSIDE_PLAN,
             )
-        decision = self.policy.decide(
-            PolicyRequest(
-                agent=task.agent,
-                server=server,
-                tool=tool,
-                intent=task.intent,
-                taint=task.taint.label,
-                in_plan=in_plan,
-                has_plan=bool(task.plan),
-                approved=False,
-                now=now,
-                delegation_depth=task.depth,
-                on_behalf_of=task.on_behalf_of,
-            )
-        )
+        policy_request = _policy_request(task, server, tool, task.taint, now)
+        approval: ApprovalRecord | None = None
+        if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
+            approval = await self._presented_approval(peer, task, server, req, now)
+            policy_request = replace(policy_request, approved=True)
+        decision = self.policy.decide(policy_request)
         ids = tuple(decision.policy_ids)
         if decision.effect is Effect.DENY:
             self._audit_decision(peer, task, server, req, "deny", ids)
@@ -184,10 +187,11 @@ class Broker:
             )
         if decision.effect is Effect.APPROVAL_REQUIRED:
             self._audit_decision(peer, task, server, req, "approval_required", ids)
-            raise FailedPrecondition(
-                f"{server.name}/{tool.name} needs an operator's approval (policy {', '.join(ids)})",
-                Reason.APPROVAL_REQUIRED,
-            )
+            return await self._ask_approval(peer, task, server, req, decision.reasons, ids, now)
+        if approval is not None:
+            if approval.state_at(now) is ApprovalState.PENDING:
+                return Pending(approval.approval_id, approval.expires_at, approval.reason)
+            await self._use_approval(peer, approval, now)
         caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
         if decision.ttl_cap is not None:
             caps.append(float(decision.ttl_cap))
@@ -223,7 +227,7 @@ class Broker:
             taint=task.taint.label,
             act=_act_claim(task.act),
         )
-        token = mint_token(claims, self.keys)
+        token = await mint_token_async(claims, self.keys)  # Transit: signs off the event loop
         await self.store.record_credential(
             CredentialRecord(
                 jti=jti,
@@ -260,6 +264,8 @@ class Broker:
         killed, ended = await self.store.end_task(
             task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
         )
+        if self.secrets is not None:  # revoke the Vault leases of every task this ended
+            await self.secrets.revoke_tasks((task_id, *ended), outcome or "ended by agent")
         self._audit(
             "task.end",
             peer,
@@ -318,6 +324,7 @@ class Broker:
                 args_sha256=req.args_sha256,
                 presenter_x5t_s256=presenter,
             )
+            await self._check_taint_since_mint(claims, now)
             result = await self.store.consume_credential(claims.task, claims.jti, now)
             if result is ConsumeResult.REPLAYED:
                 raise Unauthenticated(
@@ -349,6 +356,12 @@ class Broker:
             jti=claims.jti,
             outcome="accepted",
         )
+        secret = None
+        entry = self.registry.server(audience).tools.get(detail.tool)
+        if entry is not None and entry.secret is not None:  # fails closed without Vault
+            if self.secrets is None:
+                raise VaultUnavailable(f"{detail.tool} needs a secret and no Vault is configured")
+            secret = await self.secrets.issue(entry.secret, claims, now)
         return Verified(
             task_id=claims.task,
             agent=claims.sub,
@@ -358,6 +371,24 @@ class Broker:
             taint=taint,
             jti=claims.jti,
             expires_at=float(claims.exp),
+            secret=secret,
+        )
+
+    async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> None:
+        """Online twin of ``_recheck_live_credentials``, for a race with a taint report."""
+        task = await self.store.get_task(claims.task)
+        if task is None or task.taint <= Taint.from_label(claims.taint):
+            return
+        server = self.registry.server(claims.aud)
+        tool = server.tools.get(claims.authorization_details[0].tool)
+        if tool is not None:
+            decision = self.policy.decide(_policy_request(task, server, tool, task.taint, now))
+            if decision.effect is Effect.ALLOW:
+                return
+        raise Unauthenticated(
+            f"task {claims.task} became {task.taint.label} after this credential was minted "
+            "and policy no longer allows the call: ask again",
+            Reason.REVOKED,
         )
 
     async def report_outcome(self, peer: PeerIdentity, outcome: Outcome) -> Taint:
@@ -367,6 +398,10 @@ class Broker:
         cred = await self.store.get_credential(task_id, outcome.jti)
         if cred is None or cred.server != str(peer.spiffe_id):
             raise NotFound(f"no credential {outcome.jti} for {peer.spiffe_id}")
+        if not cred.consumed:
+            # Verified offline (broker.verifier): mark it used here too, so that it stops
+            # counting against the quotas and can no longer be verified online.
+            await self.store.consume_credential(task_id, outcome.jti, self.clock.now())
         server = self.registry.server(cred.server)
         untrusted = (
             outcome.untrusted
@@ -378,7 +413,10 @@ class Broker:
             taint = Taint.UNTRUSTED
         if outcome.findings:
             taint = Taint.SUSPECT
+        before = await self.store.get_task(task_id)
         new = await self.store.raise_taint(task_id, taint)
+        if before is not None and new > before.taint:
+            await self._recheck_live_credentials(peer, before, new)
         self._audit(
             "outcome.report",
             peer,
@@ -394,6 +432,135 @@ class Broker:
             },
         )
         return new
+
+    async def _recheck_live_credentials(
+        self, peer: PeerIdentity, task: TaskRecord, taint: Taint
+    ) -> None:
+        """The task's taint just rose: a credential minted before it must not outlive a decision
+        policy would no longer make (e.g. a secret read minted while clean, used after reading
+        a poisoned page). Each live one is decided again at the new taint; those no longer
+        allowed are used up here and announced on the revocation feed (offline verifiers)."""
+        now = self.clock.now()
+        for cred in await self.store.list_credentials(task.task_id):
+            if cred.consumed or cred.expires_at <= now:
+                continue
+            server = self.registry.server(cred.server)
+            tool = server.tools.get(cred.tool)
+            if tool is not None:
+                decision = self.policy.decide(_policy_request(task, server, tool, taint, now))
+                if decision.effect is Effect.ALLOW:
+                    continue
+            await self.store.consume_credential(task.task_id, cred.jti, now)
+            reason = f"task taint rose to {taint.label} after it was minted"
+            await self.store.publish_revocation("credential", cred.jti, now, reason)
+            self._audit(
+                "revoke.credential",
+                peer,
+                task=task.task_id,
+                server=cred.server,
+                tool=cred.tool,
+                jti=cred.jti,
+                reason=reason,
+            )
+
+    # -- approvals (broker.approvals) --------------------------------------------------------
+
+    async def _ask_approval(
+        self,
+        peer: PeerIdentity,
+        task: TaskRecord,
+        server: ServerEntry,
+        req: CredentialRequest,
+        reasons: tuple[str, ...],
+        policy_ids: tuple[str, ...],
+        now: float,
+    ) -> Pending:
+        """Record a pending approval for exactly this call (or find the one already pending)."""
+        wanted = ApprovalRecord(
+            approval_id=approvals.new_approval_id(task.task_id),
+            task_id=task.task_id,
+            agent=task.agent,
+            server=server.spiffe_id,
+            tool=req.tool,
+            args_sha256=req.args_sha256,
+            created_at=now,
+            expires_at=min(now + self.limits.approval_ttl, task.expires_at),
+            reason="; ".join(reasons) or f"policy {', '.join(policy_ids)} asks for an approval",
+            policy_ids=policy_ids,
+            justification=req.justification,
+            prompt_sha256=req.prompt_sha256,
+        )
+        got = await self.store.create_approval(
+            wanted, now=now, max_pending=self.limits.max_pending_approvals
+        )
+        if got.approval_id == wanted.approval_id:
+            self._audit(
+                "approval.request",
+                peer,
+                task=task.task_id,
+                server=server.spiffe_id,
+                tool=req.tool,
+                args_sha256=req.args_sha256,
+                prompt_sha256=req.prompt_sha256 or None,
+                policy_ids=policy_ids,
+                reason=got.reason,
+                extra={"approval_id": got.approval_id, "expires_at": got.expires_at},
+            )
+        return Pending(got.approval_id, got.expires_at, got.reason)
+
+    async def _presented_approval(
+        self,
+        peer: PeerIdentity,
+        task: TaskRecord,
+        server: ServerEntry,
+        req: CredentialRequest,
+        now: float,
+    ) -> ApprovalRecord:
+        """The approval named by a retry, if it is for this exact call and still pending or
+        approved; otherwise raise (APPROVAL_REQUIRED saying why, or NOT_FOUND)."""
+        record = await self.store.get_approval(req.approval_id)
+        if record is None or record.agent != task.agent:
+            raise NotFound(f"approval {req.approval_id} not found")
+        expected = approvals.binding(
+            task.agent, task.task_id, server.spiffe_id, req.tool, req.args_sha256
+        )
+        state = record.state_at(now)
+        problem: FailedPrecondition | None = None
+        if record.binding != expected:
+            problem = approvals.mismatch(record)
+        elif state not in (ApprovalState.PENDING, ApprovalState.APPROVED):
+            problem = approvals.refusal(record, state)
+        if problem is not None:
+            self._audit(
+                "approval.reject",
+                peer,
+                task=task.task_id,
+                server=server.spiffe_id,
+                tool=req.tool,
+                args_sha256=req.args_sha256,
+                reason=problem.message,
+                extra={"approval_id": record.approval_id, "state": state.label},
+            )
+            raise problem
+        return record
+
+    async def _use_approval(self, peer: PeerIdentity, record: ApprovalRecord, now: float) -> None:
+        """Consume an approved approval (atomically: exactly once, for its call only)."""
+        used, current = await self.store.consume_approval(
+            record.approval_id, binding=record.binding, now=now
+        )
+        if not used:  # a concurrent retry used it first, or it expired in between
+            state = current.state_at(now) if current else ApprovalState.EXPIRED
+            raise approvals.refusal(current or record, state)
+        self._audit(
+            "approval.consume",
+            peer,
+            task=record.task_id,
+            server=record.server,
+            tool=record.tool,
+            args_sha256=record.args_sha256,
+            extra={"approval_id": record.approval_id, "approved_by": record.decided_by},
+        )
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -445,6 +612,24 @@ class Broker:
         self.audit.record(
             AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )
+
+
+def _policy_request(
+    task: TaskRecord, server: ServerEntry, tool: ToolEntry, taint: Taint, now: float
+) -> PolicyRequest:
+    return PolicyRequest(
+        agent=task.agent,
+        server=server,
+        tool=tool,
+        intent=task.intent,
+        taint=taint.label,
+        in_plan=not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan),
+        has_plan=bool(task.plan),
+        approved=False,
+        now=now,
+        delegation_depth=task.depth,
+        on_behalf_of=task.on_behalf_of,
+    )
 
 
 def _peek_kid(token: str) -> str | None:

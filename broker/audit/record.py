@@ -42,8 +42,12 @@ KNOWN_EVENTS = frozenset(
         "revoke.task",
         "revoke.agent",
         "revoke.server",
+        "revoke.tier",
+        "revoke.issued_before",
         "approval.request",
         "approval.decide",
+        "approval.consume",
+        "approval.reject",
         "key.rotate",
         "policy.reload",
     }

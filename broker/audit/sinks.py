@@ -214,6 +214,15 @@ class Auditor:
     def chain(self) -> Chain:
         return self._chain
 
+    @property
+    def sinks(self) -> tuple[AuditSink, ...]:
+        return self._sinks
+
+    def add_sink(self, sink: AuditSink) -> None:
+        """Also write every later record to ``sink`` (e.g. the in-process tail of recent ones)."""
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+
     def record(self, event: AuditEvent) -> ChainedRecord:
         """Append ``event`` to the chain and write the record to every sink.
 

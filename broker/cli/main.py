@@ -1,22 +1,120 @@
-"""The `broker` command: serve, dev PKI, policy tools and (later) the operator commands."""
+"""The `broker` command: serve, dev PKI, policy tools, and the operator commands (docs/cli.md).
+
+Global options (before the command) say how operator commands reach the broker; commands that
+work offline (serve, ca, dev, policy validate|test|explain, audit verify|export, token inspect)
+ignore them.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from broker.cli.approvals import approvals
 from broker.cli.audit import audit
 from broker.cli.ca import ca, dev
+from broker.cli.client import DEFAULT_ADDR, DEFAULT_TIMEOUT, Settings
+from broker.cli.keys import keys, reload_policy
 from broker.cli.policy import policy
 from broker.cli.serve import serve
+from broker.cli.tasks import agents, revoke, servers, tasks
+from broker.cli.token import token
+
+_FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="broker")
-def cli() -> None:
-    """Just-in-time, per-tool-call credentials for AI agents and MCP servers."""
+@click.option(
+    "--addr",
+    envvar="BROKER_ADDR",
+    metavar="HOST:PORT",
+    help=f"The broker to talk to (env BROKER_ADDR) [{DEFAULT_ADDR}].",
+)
+@click.option(
+    "--ca",
+    envvar="BROKER_CA",
+    type=_FILE,
+    help="Trust bundle of the broker's certificate (env BROKER_CA) [.broker-dev/ca.crt].",
+)
+@click.option(
+    "--cert",
+    envvar="BROKER_CERT",
+    type=_FILE,
+    help="Operator certificate, an X.509-SVID spiffe://TD/operator/NAME (env BROKER_CERT) "
+    "[.broker-dev/operator-admin.crt].",
+)
+@click.option(
+    "--key",
+    envvar="BROKER_KEY",
+    type=_FILE,
+    help="Its private key (env BROKER_KEY) [.broker-dev/operator-admin.key].",
+)
+@click.option(
+    "--tls-server-name",
+    envvar="BROKER_TLS_SERVER_NAME",
+    metavar="NAME",
+    help="Expect this DNS name in the broker's certificate instead of the --addr host.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds to wait for the broker's answer.",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    addr: str | None,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    tls_server_name: str | None,
+    timeout: float,
+) -> None:
+    """Just-in-time, per-tool-call credentials for AI agents and MCP servers.
+
+    Operator commands (tasks, agents, servers, revoke, approvals, keys, audit tail,
+    policy reload) talk to a running broker over mutual TLS with an operator certificate;
+    with no options they use the dev setup of `make run`. Exit codes: 0 ok, 1 error,
+    2 usage, 3 not found, 4 permission denied, 5 broker unavailable, 6 conflict
+    (see docs/cli.md).
+    """
+    ctx.obj = Settings(
+        addr=addr, ca=ca, cert=cert, key=key, server_name=tls_server_name, timeout=timeout
+    )
 
 
-for command in (serve, ca, dev, policy, audit):
+@click.command("completion")
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print a shell completion script: eval "$(broker completion bash)"."""
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    if cls is None:  # pragma: no cover - click ships all three
+        raise click.UsageError(f"no completion for {shell}")
+    click.echo(cls(cli, {}, "broker", "_BROKER_COMPLETE").source())
+
+
+policy.add_command(reload_policy)
+for command in (
+    serve,
+    ca,
+    dev,
+    policy,
+    audit,
+    tasks,
+    agents,
+    servers,
+    revoke,
+    approvals,
+    keys,
+    token,
+    completion,
+):
     cli.add_command(command)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 
@@ -17,7 +16,11 @@ log = logging.getLogger("broker")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML config file.")
 @click.option("--listen", help="HOST:PORT (env BROKER_LISTEN).")
 @click.option("--store", help="memory:// | redis://... | redis-cluster://... (env BROKER_STORE).")
-@click.option("--workers", type=int, help="Processes sharing the port (SO_REUSEPORT).")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes sharing the port (SO_REUSEPORT); default: the cores, 1 with memory://.",
+)
 def serve(
     config_path: Path | None, listen: str | None, store: str | None, workers: int | None
 ) -> None:
@@ -32,10 +35,10 @@ def serve(
     except BrokerError as exc:
         raise click.ClickException(f"invalid configuration: {exc.message}") from None
     setup_logging(config.log_level)
-    from broker.server.run import run
+    from broker.server.run import serve_forever
 
     try:
-        asyncio.run(run(config))
+        serve_forever(config)
     except BrokerError as exc:
         raise click.ClickException(f"cannot start: {exc.message}") from None
     except KeyboardInterrupt:

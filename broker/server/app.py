@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import _async as health_async
@@ -20,17 +21,23 @@ from broker._proto.broker.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from broker.admin import Admin
 from broker.audit.sinks import Auditor
 from broker.clock import Clock, SystemClock
 from broker.config import Config
+from broker.errors import ConfigError
 from broker.policy.engine import PolicyEngine
-from broker.registry import load_registry
+from broker.registry import TIER_MAX_TTL, Registry, load_registry
+from broker.server.admin_servicer import AdminServicer, audit_source_for
 from broker.server.identity import IdentityInterceptor
-from broker.server.servicers import AdminServicer, AgentServicer, VerifierServicer
+from broker.server.servicers import AgentServicer, VerifierServicer
 from broker.server.tls import ReloadingServerCredentials
 from broker.service import Broker, Limits
 from broker.store.base import Quotas, Store
 from broker.tokens.keys import KeyProvider, LocalKeyProvider
+
+if TYPE_CHECKING:
+    from broker.vault.runtime import VaultRuntime
 
 log = logging.getLogger("broker.server")
 
@@ -45,6 +52,7 @@ SERVICE_NAMES = (
 class Components:
     broker: Broker
     tls: ReloadingServerCredentials
+    vault: VaultRuntime | None = None  # Transit keys, downstream secrets (broker.vault)
 
 
 def build_components(
@@ -59,6 +67,9 @@ def build_components(
     clock = clock or SystemClock()
     registry = load_registry(config.registry, config.trust_domain)
     policy = PolicyEngine.from_directory(config.policies, registry)
+    vault = _build_vault(config, registry_needs_secrets(registry), clock, auditor, store)
+    if keys is None and vault is not None and vault.keys is not None:
+        keys = vault.keys
     if keys is None:
         keys = LocalKeyProvider(alg=config.token_alg, directory=config.keys_dir, now=clock.now())
     broker = Broker(
@@ -75,9 +86,41 @@ def build_components(
             quotas=Quotas(per_task=config.quota_per_task, per_agent=config.quota_per_agent),
             leeway=config.leeway_seconds,
             max_delegation_depth=config.max_delegation_depth,
+            approval_ttl=config.approval_ttl,
         ),
+        secrets=vault.secrets if vault is not None else None,
     )
-    return Components(broker=broker, tls=ReloadingServerCredentials(config.tls))
+    return Components(broker=broker, tls=ReloadingServerCredentials(config.tls), vault=vault)
+
+
+def registry_needs_secrets(registry: Registry) -> bool:
+    return any(t.secret is not None for s in registry.servers for t in s.tools.values())
+
+
+def _build_vault(
+    config: Config, with_secrets: bool, clock: Clock, auditor: Auditor, store: Store
+) -> VaultRuntime | None:
+    """The Vault edge (docs/vault.md), if configured; hvac is imported only then."""
+    if config.vault is None:
+        if with_secrets:
+            raise ConfigError(
+                "vault", "registry tools have a secret: configure vault (docs/vault.md)"
+            )
+        return None
+    if config.vault.transit is not None and config.keys_dir is not None:
+        raise ConfigError("tokens.keys_dir", "not used with vault.transit: the keys live in Vault")
+    from broker.vault.runtime import build_vault
+
+    return build_vault(
+        config.vault,
+        clock=clock,
+        auditor=auditor,
+        store=store,
+        actor=config.issuer_id,
+        alg=config.token_alg,
+        max_token_ttl=float(max(TIER_MAX_TTL.values())),
+        with_secrets=with_secrets,
+    )
 
 
 class BrokerServer:
@@ -101,7 +144,8 @@ class BrokerServer:
         add_admin = admin_pb2_grpc.add_AdminServiceServicer_to_server
         add_agent(AgentServicer(c.broker), server)  # type: ignore[no-untyped-call]
         add_verifier(VerifierServicer(c.broker), server)  # type: ignore[no-untyped-call]
-        add_admin(AdminServicer(c.broker), server)  # type: ignore[no-untyped-call]
+        admin = Admin(c.broker, audit_source_for(c.broker.audit))
+        add_admin(AdminServicer(admin), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (
@@ -119,6 +163,8 @@ class BrokerServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._server = server
         self._maintenance = asyncio.create_task(self._maintain())
+        if c.vault is not None:
+            await c.vault.start()
         return self.port
 
     async def _maintain(self, interval: float = 2.0) -> None:
@@ -139,6 +185,8 @@ class BrokerServer:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
             self._server = None
+        if self.components.vault is not None:
+            await self.components.vault.stop()
 
     async def wait(self) -> None:
         assert self._server is not None

@@ -7,19 +7,18 @@ Errors: any exception leaving a method is turned into a status by ``broker.serve
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
 from broker._proto.broker.v1 import (
-    admin_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
     verifier_pb2,
     verifier_pb2_grpc,
 )
-from broker.requests import BeginTask, CredentialRequest, Outcome, VerifyRequest
+from broker.requests import BeginTask, CredentialRequest, Outcome, Pending, VerifyRequest
 from broker.server.convert import TAINT_TO_PB, digest_of_args, timestamp
 from broker.server.identity import current_peer
 from broker.server.status import abort
@@ -69,7 +68,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     async def RequestCredential(
         self, request: agent_pb2.RequestCredentialRequest, context: grpc.aio.ServicerContext
     ) -> agent_pb2.RequestCredentialResponse:
-        granted = await self._broker.request_credential(
+        result = await self._broker.request_credential(
             current_peer(),
             CredentialRequest(
                 task_id=request.task_id,
@@ -82,9 +81,17 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 approval_id=request.approval_id,
             ),
         )
+        if isinstance(result, Pending):
+            return agent_pb2.RequestCredentialResponse(
+                pending_approval=agent_pb2.PendingApproval(
+                    approval_id=result.approval_id,
+                    expires_at=timestamp(result.expires_at),
+                    reason=result.reason,
+                )
+            )
         return agent_pb2.RequestCredentialResponse(
             credential=agent_pb2.Credential(
-                token=granted.token, jti=granted.jti, expires_at=timestamp(granted.expires_at)
+                token=result.token, jti=result.jti, expires_at=timestamp(result.expires_at)
             )
         )
 
@@ -113,6 +120,14 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                 presenter_cert_sha256=request.presenter_cert_sha256,
             ),
         )
+        secret = None
+        if v.secret is not None:  # the one place a secret's values leave the broker
+            secret = verifier_pb2.DownstreamSecret(
+                data=dict(v.secret.data.reveal()),
+                lease_id=v.secret.lease_id,
+                expires_at=timestamp(v.secret.expires_at),
+                source=v.secret.source,
+            )
         return verifier_pb2.VerifyCredentialResponse(
             task_id=v.task_id,
             agent=v.agent,
@@ -121,6 +136,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             taint=TAINT_TO_PB[v.taint],
             jti=v.jti,
             expires_at=timestamp(v.expires_at),
+            secret=secret,
         )
 
     @rpc
@@ -151,9 +167,39 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         jwks = {"keys": self._broker.keys.public_jwks()}
         return verifier_pb2.GetSigningKeysResponse(jwks_json=orjson.dumps(jwks).decode())
 
+    async def WatchRevocations(
+        self, request: verifier_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[verifier_pb2.RevocationEvent]:
+        """The revocation feed with heartbeats (``broker.feed``); a bad ``since`` is
+        INVALID_REQUEST naming it. Heartbeat interval: ``broker.feed.HEARTBEAT_SECONDS``."""
+        import asyncio
 
-class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Operator RPCs. Those not built yet answer UNIMPLEMENTED (the generated base class)."""
+        from broker import feed
 
-    def __init__(self, broker: Broker) -> None:
-        self._broker = broker
+        kinds = {
+            feed.HEARTBEAT: verifier_pb2.REVOCATION_KIND_HEARTBEAT,
+            "task": verifier_pb2.REVOCATION_KIND_TASK,
+            "agent": verifier_pb2.REVOCATION_KIND_AGENT,
+            "server": verifier_pb2.REVOCATION_KIND_SERVER,
+            "tier": verifier_pb2.REVOCATION_KIND_TIER,
+            "issued_before": verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE,
+            "credential": verifier_pb2.REVOCATION_KIND_CREDENTIAL,
+        }
+        broker = self._broker
+        try:
+            async for event in feed.follow_revocations(
+                broker.store, request.since, clock=broker.clock
+            ):
+                yield verifier_pb2.RevocationEvent(
+                    cursor=event.cursor,
+                    kind=kinds.get(event.kind, verifier_pb2.REVOCATION_KIND_UNSPECIFIED),
+                    subject=event.subject,
+                    revoked_at=timestamp(event.revoked_at),
+                    reason=event.reason,
+                )
+        except asyncio.CancelledError:
+            return  # the verifier went away, or the server is stopping: the stream is over
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
+            await abort(context, exc)

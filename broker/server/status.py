@@ -27,6 +27,7 @@ from broker.errors import (
     Reason,
     StoreUnavailable,
     Unauthenticated,
+    VaultUnavailable,
 )
 
 DOMAIN = "broker.v1"
@@ -40,6 +41,7 @@ STATUS_OF: dict[type[BrokerError], grpc.StatusCode] = {
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     QuotaExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    VaultUnavailable: grpc.StatusCode.UNAVAILABLE,
     ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 

@@ -195,3 +195,70 @@ redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
 return 1
 """
+
+# -- approvals (broker.approvals) -------------------------------------------------------------
+# Task keys (hash tag {task_id}), beside the others:
+#   ap    hash   SFX -> static record (orjson); SFX:s state; SFX:x expires_at; SFX:b binding;
+#                SFX:d decision (orjson [decided_by, reason, decided_at]); SFX:u used_at;
+#                b:BINDING -> SFX of the latest approval for that call (finds a pending duplicate)
+#   apl   zset   pending SFX -> expires_at ms (the per-task cap on pending approvals)
+# SFX is the random half of the approval id (its task half is the hash tag).
+# A record is read as HMGET ap SFX SFX:s SFX:d SFX:u.
+
+# KEYS: task, ap, apl
+# ARGV: sfx, static record, binding, expires_at, now, max pending, expires ms, now ms
+# -> {"OK"} | {"EXISTS", sfx, rec, state, decision, used} | {"NOTFOUND"} | {"ENDED", state}
+#    | {"QUOTA", pending} | {"DUP"}
+APPROVAL_CREATE = """#!lua
+local t = redis.call('HMGET', KEYS[1], 'st', 'exp')
+if not t[1] then return {'NOTFOUND'} end
+if t[1] ~= '1' then return {'ENDED', t[1]} end
+local now = tonumber(ARGV[5])
+if now >= tonumber(t[2]) then return {'ENDED', '4'} end
+local old = redis.call('HGET', KEYS[2], 'b:' .. ARGV[3])
+if old then
+  local o = redis.call('HMGET', KEYS[2], old, old .. ':s', old .. ':d', old .. ':u', old .. ':x')
+  if o[2] == '1' and now < tonumber(o[5]) then return {'EXISTS', old, o[1], o[2], o[3], o[4]} end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
+local n = redis.call('ZCARD', KEYS[3])
+if n >= tonumber(ARGV[6]) then return {'QUOTA', n} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2], ARGV[1] .. ':s', '1', ARGV[1] .. ':x', ARGV[4],
+           ARGV[1] .. ':b', ARGV[3], 'b:' .. ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  for i = 2, 3 do
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+return {'OK'}
+"""
+
+# KEYS: ap, apl      ARGV: sfx, new state (2 approved, 3 denied), decision, now
+# -> {1, rec, state, decision, used} decided now | {0, rec, state, decision, used} unchanged
+#  | {0} unknown
+APPROVAL_DECIDE = """#!lua
+local s = ARGV[1]
+local r = redis.call('HMGET', KEYS[1], s, s .. ':s', s .. ':d', s .. ':u', s .. ':x')
+if not r[1] then return {0} end
+if r[2] ~= '1' or tonumber(ARGV[4]) >= tonumber(r[5]) then return {0, r[1], r[2], r[3], r[4]} end
+redis.call('HSET', KEYS[1], s .. ':s', ARGV[2], s .. ':d', ARGV[3])
+redis.call('ZREM', KEYS[2], s)
+return {1, r[1], ARGV[2], ARGV[3], r[4]}
+"""
+
+# KEYS: ap      ARGV: sfx, binding, now
+# -> {1, rec, "4", decision, used_at} used now | {0, rec, state, decision, used} unchanged
+#  | {0} unknown
+APPROVAL_CONSUME = """#!lua
+local s = ARGV[1]
+local r = redis.call('HMGET', KEYS[1], s, s .. ':s', s .. ':d', s .. ':u', s .. ':x', s .. ':b')
+if not r[1] then return {0} end
+if r[2] ~= '2' or r[6] ~= ARGV[2] or tonumber(ARGV[3]) >= tonumber(r[5]) then
+  return {0, r[1], r[2], r[3], r[4]}
+end
+redis.call('HSET', KEYS[1], s .. ':s', '4', s .. ':u', ARGV[3])
+return {1, r[1], '4', r[3], ARGV[3]}
+"""

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from broker.approvals import ApprovalRecord
 from broker.model import (
     ConsumeResult,
     CredentialRecord,
@@ -86,6 +87,51 @@ class Store(Protocol):
 
     async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
         """Live tasks that hold (or held) a credential for ``server``."""
+        ...
+
+    async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
+        """Ids of the task's direct sub-tasks, whatever their state ([] for an unknown task)."""
+        ...
+
+    async def count_live_credentials(self, task_id: str, now: float) -> int:
+        """Unconsumed credentials of the task that expire after ``now`` (0 for an unknown or
+        ended task). Never a walk over the credentials in Redis (ZCOUNT)."""
+        ...
+
+    # -- approvals (broker.approvals) --------------------------------------------------------
+
+    async def create_approval(
+        self, approval: ApprovalRecord, *, now: float, max_pending: int
+    ) -> ApprovalRecord:
+        """Atomically: the task must be live (FailedPrecondition TASK_ENDED, NotFound
+        TASK_NOT_FOUND); a PENDING, unexpired approval of the task with the same binding is
+        returned as it is (no new record); else QuotaExceeded when the task already has
+        ``max_pending`` pending ones; else ``approval`` is recorded and returned."""
+        ...
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
+
+    async def list_approvals(
+        self, *, task_id: str = "", now: float, limit: int = 1000
+    ) -> Sequence[ApprovalRecord]:
+        """The approvals of ``task_id``, or of every task (those still retained: at least
+        ``approvals.RETENTION`` past their expiry), oldest first. Callers filter by state."""
+        ...
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, decided_by: str, reason: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        """Atomically: a PENDING, unexpired approval becomes APPROVED or DENIED (who, why,
+        when): (True, the new record). Otherwise nothing changes: (False, the record as it is,
+        or None when unknown)."""
+        ...
+
+    async def consume_approval(
+        self, approval_id: str, *, binding: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        """Single use: an APPROVED, unexpired approval for exactly ``binding`` becomes USED:
+        (True, the new record). Otherwise nothing changes: (False, the record as it is, or
+        None when unknown). Of concurrent calls at most one gets True."""
         ...
 
     async def publish_revocation(

@@ -19,8 +19,13 @@ prints a URL without its password, for logs and errors.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import redis
+import redis.cluster
+import redis.retry
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -73,17 +78,48 @@ def _hostport(url: str, item: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def open_store(url: str, *, timeout: float = 0.5) -> Store:
-    """The store named by ``url``. Raises ConfigError naming the accepted forms."""
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed Redis URL: where to connect and how (never printed: it holds the password)."""
+
+    cluster: bool
+    nodes: tuple[tuple[str, int], ...]  # cluster startup nodes
+    host: str
+    port: int
+    socket_path: str | None
+    db: int
+    username: str | None
+    password: str | None
+    tls: bool
+    tls_kw: dict[str, str]
+    namespace: str
+    where: str  # host:port, socket path or node list, for messages
+
+    def client_kwargs(self, timeout: float) -> dict[str, Any]:
+        """Keyword arguments shared by the sync and asyncio clients (retry excluded)."""
+        kw: dict[str, Any] = {
+            "username": self.username,
+            "password": self.password,
+            "socket_connect_timeout": timeout,
+            "socket_timeout": timeout,
+            "health_check_interval": HEALTH_CHECK_INTERVAL,
+            "ssl": self.tls,
+            "ssl_ca_certs": self.tls_kw.get("ssl_ca_certs"),
+            "ssl_certfile": self.tls_kw.get("ssl_certfile"),
+            "ssl_keyfile": self.tls_kw.get("ssl_keyfile"),
+        }
+        if not self.cluster:
+            kw.update(host=self.host, port=self.port, unix_socket_path=self.socket_path, db=self.db)
+        return kw
+
+
+def redis_target(url: str) -> RedisTarget:
+    """Parse a Redis store URL (any form but memory://). Raises ConfigError naming the forms."""
     try:
         parts = urlsplit(url)
     except ValueError as exc:
         raise _bad(url, "unparseable URL") from exc
     scheme = parts.scheme.lower()
-    if scheme == "memory":
-        if parts.netloc or parts.path or parts.query:
-            raise _bad(url, "memory:// takes no host, path or parameters")
-        return MemoryStore()
     if scheme not in _SCHEMES:
         raise _bad(url, f"unknown scheme {scheme!r}")
     query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
@@ -102,31 +138,32 @@ def open_store(url: str, *, timeout: float = 0.5) -> Store:
         raise _bad(url, f"unknown parameter(s) {', '.join(sorted(query))}")
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
-    deadline = DEADLINE_FACTOR * timeout
     hosts = parts.netloc.rsplit("@", 1)[-1]
-    client: Redis | RedisCluster
+    common = {
+        "username": username,
+        "password": password,
+        "tls": tls,
+        "tls_kw": tls_kw,
+        "namespace": namespace,
+    }
     if scheme.endswith("-cluster"):
         if parts.path not in ("", "/"):
             raise _bad(url, "a cluster URL has no database path")
         items = [h for h in hosts.split(",") if h]
         if not items:
             raise _bad(url, "no startup node")
-        nodes = [ClusterNode(*_hostport(url, item)) for item in items]
-        client = RedisCluster(
-            startup_nodes=nodes,
-            username=username,
-            password=password,
-            socket_connect_timeout=timeout,
-            socket_timeout=timeout,
-            health_check_interval=HEALTH_CHECK_INTERVAL,
-            retry=_no_retry(),
-            ssl=tls,
-            ssl_ca_certs=tls_kw.get("ssl_ca_certs"),
-            ssl_certfile=tls_kw.get("ssl_certfile"),
-            ssl_keyfile=tls_kw.get("ssl_keyfile"),
+        nodes = tuple(_hostport(url, item) for item in items)
+        where = "cluster " + ",".join(f"{h}:{p}" for h, p in nodes)
+        return RedisTarget(
+            cluster=True,
+            nodes=nodes,
+            host="",
+            port=0,
+            socket_path=None,
+            db=0,
+            where=where,
+            **common,  # type: ignore[arg-type]
         )
-        where = "cluster " + ",".join(f"{n.host}:{n.port}" for n in nodes)
-        return RedisStore(client, where=where, namespace=namespace, deadline=deadline)
     socket_path: str | None = None
     host, port, database = "localhost", 6379, 0
     if scheme == "redis+unix":
@@ -143,23 +180,58 @@ def open_store(url: str, *, timeout: float = 0.5) -> Store:
         if path and not path.isdigit():
             raise _bad(url, f"bad database {path!r}")
         database, where = int(path or 0), f"{host}:{port}"
-    client = Redis(
+    return RedisTarget(
+        cluster=False,
+        nodes=(),
         host=host,
         port=port,
-        unix_socket_path=socket_path,
+        socket_path=socket_path,
         db=database,
-        username=username,
-        password=password,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        health_check_interval=HEALTH_CHECK_INTERVAL,
-        retry=_no_retry(),
-        ssl=tls,
-        ssl_ca_certs=tls_kw.get("ssl_ca_certs"),
-        ssl_certfile=tls_kw.get("ssl_certfile"),
-        ssl_keyfile=tls_kw.get("ssl_keyfile"),
+        where=where,
+        **common,  # type: ignore[arg-type]
     )
-    return RedisStore(client, where=where, namespace=namespace, deadline=deadline)
+
+
+def open_store(url: str, *, timeout: float = 0.5) -> Store:
+    """The store named by ``url``. Raises ConfigError naming the accepted forms."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise _bad(url, "unparseable URL") from exc
+    if parts.scheme.lower() == "memory":
+        if parts.netloc or parts.path or parts.query:
+            raise _bad(url, "memory:// takes no host, path or parameters")
+        return MemoryStore()
+    target = redis_target(url)
+    deadline = DEADLINE_FACTOR * timeout
+    client: Redis | RedisCluster
+    if target.cluster:
+        client = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in target.nodes],
+            retry=_no_retry(),
+            **target.client_kwargs(timeout),
+        )
+    else:
+        client = Redis(retry=_no_retry(), **target.client_kwargs(timeout))
+    return RedisStore(client, where=target.where, namespace=target.namespace, deadline=deadline)
+
+
+def open_sync_redis(
+    url: str, *, timeout: float = 0.5
+) -> tuple[redis.Redis | redis.cluster.RedisCluster, RedisTarget]:
+    """A blocking redis-py client for ``url`` (the audit stream's writer thread and the CLI),
+    with the same forms, timeouts and no-retry rule as the store's."""
+    target = redis_target(url)
+    retry = redis.retry.Retry(NoBackoff(), 0)
+    if target.cluster:
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.nodes]  # type: ignore[no-untyped-call]
+        return (
+            redis.cluster.RedisCluster(
+                startup_nodes=nodes, retry=retry, **target.client_kwargs(timeout)
+            ),
+            target,
+        )
+    return redis.Redis(retry=retry, **target.client_kwargs(timeout)), target
 
 
 def _no_retry() -> Retry:

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
+from broker.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
 from broker.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.model import (
     ConsumeResult,
@@ -32,6 +33,7 @@ class MemoryStore:
         self._creds: dict[str, dict[str, CredentialRecord]] = {}
         self._agent_live: dict[str, dict[str, float]] = {}  # agent -> jti -> expires_at
         self._task_servers: dict[str, set[str]] = {}
+        self._approvals: dict[str, ApprovalRecord] = {}  # insertion order: oldest first
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
         self._changed = asyncio.Condition()
@@ -123,6 +125,91 @@ class MemoryStore:
             for tid, servers in self._task_servers.items()
             if server in servers and self._tasks[tid].is_live(now)
         )
+
+    async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
+        return sorted(self._children.get(task_id, ()))
+
+    async def count_live_credentials(self, task_id: str, now: float) -> int:
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.ACTIVE:
+            return 0
+        return sum(
+            1
+            for c in self._creds.get(task_id, {}).values()
+            if not c.consumed and c.expires_at > now
+        )
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def create_approval(
+        self, approval: ApprovalRecord, *, now: float, max_pending: int
+    ) -> ApprovalRecord:
+        async with self._lock:
+            task = self._tasks.get(approval.task_id)
+            if task is None:
+                raise NotFound(f"task {approval.task_id} not found", Reason.TASK_NOT_FOUND)
+            if not task.is_live(now):
+                raise FailedPrecondition(
+                    f"task {approval.task_id} is {task.state_at(now).name.lower()}",
+                    Reason.TASK_ENDED,
+                )
+            pending = [
+                a
+                for a in self._approvals.values()
+                if a.task_id == approval.task_id and a.state_at(now) is ApprovalState.PENDING
+            ]
+            for existing in pending:
+                if existing.binding == approval.binding:
+                    return existing
+            if len(pending) >= max_pending:
+                raise QuotaExceeded(
+                    f"task {approval.task_id} has {len(pending)} pending approvals "
+                    f"(limit {max_pending}); wait for an operator's decision"
+                )
+            self._approvals[approval.approval_id] = approval
+            return approval
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        return self._approvals.get(approval_id)
+
+    async def list_approvals(
+        self, *, task_id: str = "", now: float, limit: int = 1000
+    ) -> Sequence[ApprovalRecord]:
+        self._prune(now)
+        out = [
+            a
+            for a in self._approvals.values()
+            if (task_id and a.task_id == task_id)
+            or (not task_id and a.expires_at + RETENTION >= now)
+        ]
+        out.sort(key=lambda a: a.created_at)
+        return out[:limit]
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, decided_by: str, reason: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        async with self._lock:
+            record = self._approvals.get(approval_id)
+            if record is None or record.state_at(now) is not ApprovalState.PENDING:
+                return False, record
+            record = record.decided(approve=approve, by=decided_by, reason=reason, now=now)
+            self._approvals[approval_id] = record
+            return True, record
+
+    async def consume_approval(
+        self, approval_id: str, *, binding: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        async with self._lock:
+            record = self._approvals.get(approval_id)
+            if (
+                record is None
+                or record.state_at(now) is not ApprovalState.APPROVED
+                or record.binding != binding
+            ):
+                return False, record
+            record = record.used(now)
+            self._approvals[approval_id] = record
+            return True, record
 
     # -- credentials -------------------------------------------------------------------------
 
@@ -236,6 +323,8 @@ class MemoryStore:
             self._creds.pop(tid, None)
             self._task_servers.pop(tid, None)
             self._children.pop(tid, None)
+        for aid in [a for a in self._approvals if task_of_approval(a) not in self._tasks]:
+            del self._approvals[aid]
 
     async def ping(self) -> None:
         return None

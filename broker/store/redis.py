@@ -10,6 +10,9 @@ ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the n
     ns:{t_...}:live              zset   unconsumed credentials -> expires_at ms (per-task quota)
     ns:{t_...}:tg                list   interned (server, tool) pairs of the task's credentials
     ns:{t_...}:kids              set    sub-task ids
+    ns:{t_...}:ap                hash   the task's approvals (``_redis_approvals``)
+    ns:{t_...}:apl               zset   its pending approvals -> expires_at ms (per-task cap)
+    ns:{apx}:idx                 zset   every approval -> expires_at + retention (listing)
     ns:{agent:<id>}:quota        hash   expiry bucket (5 s) -> the agent's live credentials
     ns:{agent:<id>}:tasks[:ret]  zsets  the agent's tasks by created_at [by retain_until]
     ns:{idx}:tasks[:ret]         zsets  every task by created_at [by retain_until]
@@ -63,6 +66,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from broker.approvals import ApprovalRecord
 from broker.errors import (
     FailedPrecondition,
     InvalidRequest,
@@ -80,6 +84,7 @@ from broker.model import (
     TaskState,
 )
 from broker.store import _redis_lua as lua
+from broker.store._redis_approvals import RedisApprovals
 from broker.store._redis_codec import (
     TASK_FIELDS,
     fnum,
@@ -147,6 +152,7 @@ class RedisStore:
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
+        self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -364,6 +370,51 @@ class RedisStore:
             if any(unpack_target(t)[0] == server for t in targets):
                 out.append(tid)
         return out
+
+    async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
+        if not task_id_ok(task_id):
+            return []
+        async with self._guard.io():
+            ids: Any = await self._r.smembers(self._task_keys(task_id)[4])
+        return sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
+
+    async def count_live_credentials(self, task_id: str, now: float) -> int:
+        if not task_id_ok(task_id):
+            return 0
+        keys = self._task_keys(task_id)
+        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+            pipe.hget(keys[0], "st")
+            pipe.zcount(keys[2], "(" + fnum(now * 1000), "+inf")
+            st, count = await pipe.execute()
+        return int(count) if st is not None and int(st) == TaskState.ACTIVE else 0
+
+    # -- approvals (broker.store._redis_approvals) ---------------------------------------------
+
+    async def create_approval(
+        self, approval: ApprovalRecord, *, now: float, max_pending: int
+    ) -> ApprovalRecord:
+        with self._guard.budget():
+            return await self._approvals.create(approval, now=now, max_pending=max_pending)
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        return await self._approvals.get(approval_id)
+
+    async def list_approvals(
+        self, *, task_id: str = "", now: float, limit: int = 1000
+    ) -> Sequence[ApprovalRecord]:
+        return await self._approvals.listed(task_id=task_id, now=now, limit=limit)
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, decided_by: str, reason: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        return await self._approvals.decide(
+            approval_id, approve=approve, decided_by=decided_by, reason=reason, now=now
+        )
+
+    async def consume_approval(
+        self, approval_id: str, *, binding: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        return await self._approvals.consume(approval_id, binding=binding, now=now)
 
     # -- credentials ---------------------------------------------------------------------------
 

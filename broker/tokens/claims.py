@@ -24,8 +24,8 @@ from functools import partial
 from typing import Any
 
 from broker.errors import Reason, Unauthenticated
-from broker.tokens.jws import b64url_encode, sign_compact
-from broker.tokens.keys import KeyProvider
+from broker.tokens.jws import b64url_encode, sign_compact, sign_compact_async
+from broker.tokens.keys import AsyncSigning, KeyProvider
 
 TOKEN_TYPE = "task+jwt"  # noqa: S105 - a media type, not a password
 DETAIL_TYPE = "tool_call"
@@ -266,3 +266,26 @@ def _sign_with_active_key(payload: dict[str, Any], provider: KeyProvider) -> str
     kid = provider.active_kid()
     header = {"alg": provider.alg, "typ": TOKEN_TYPE, "kid": kid}
     return sign_compact(header, payload, partial(provider.sign, kid))
+
+
+async def mint_token_async(claims: TokenClaims, provider: KeyProvider) -> str:
+    """``mint_token`` for the event loop. A provider whose signature is a network call (Vault
+    Transit) also has ``async def sign_async`` (``AsyncSigning``): it is awaited, so a mint never
+    blocks the loop. Any other provider signs in place, exactly as ``mint_token``."""
+    # getattr costs ~0.1 us; isinstance on a runtime Protocol ~16 us, a third of a local mint
+    sign_async: AsyncSigning | None = getattr(provider, "sign_async", None)
+    if sign_async is None:
+        return mint_token(claims, provider)
+    payload = claims.to_payload()
+    try:
+        return await _sign_with_active_key_async(payload, provider, sign_async)
+    except LookupError:  # a rotation between active_kid() and the signature: once more
+        return await _sign_with_active_key_async(payload, provider, sign_async)
+
+
+async def _sign_with_active_key_async(
+    payload: dict[str, Any], provider: KeyProvider, sign_async: AsyncSigning
+) -> str:
+    kid = provider.active_kid()
+    header = {"alg": provider.alg, "typ": TOKEN_TYPE, "kid": kid}
+    return await sign_compact_async(header, payload, partial(sign_async, kid))

@@ -44,6 +44,7 @@ from broker.tokens.jwk import KeySet, PublicKey, SigningKey
 from broker.tokens.jws import ES256, SUPPORTED_ALGS
 
 __all__ = [
+    "AsyncSigning",
     "KeyInfo",
     "KeyProvider",
     "KeySet",
@@ -63,7 +64,8 @@ _KID_FILENAME = re.compile(r"[A-Za-z0-9_-]{43}")  # an RFC 7638 SHA-256 thumbpri
 
 class KeyProvider(Protocol):
     """The port to whatever holds the broker's signing keys: memory and files
-    (``LocalKeyProvider`` below) or, later, Vault Transit.
+    (``LocalKeyProvider`` below) or Vault Transit (``broker.vault.transit``), which also offers
+    ``sign_async`` (see ``AsyncSigning``) so that a mint never blocks the event loop.
 
     Keys rotate: the active key signs; a retired key is no longer used to sign but stays in
     ``public_jwks`` until every token it signed has expired, then ``prune`` drops it.
@@ -95,6 +97,14 @@ class KeyProvider(Protocol):
     def prune(self, now: float) -> list[str]:
         """Drop retired keys whose publication window has passed; return their kids."""
         ...
+
+
+class AsyncSigning(Protocol):
+    """The optional async signature path of a provider whose ``sign`` is a network call (Vault
+    Transit: ``TransitKeyProvider.sign_async``). The core mints with ``mint_token_async``, which
+    awaits it when the provider has it; same contract as ``KeyProvider.sign``."""
+
+    async def __call__(self, kid: str, signing_input: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)

@@ -84,14 +84,19 @@ class Running:
         await self.server.stop(0)
 
 
-async def start_broker(pki: Path, store: Store | None = None, **overrides: object) -> Running:
+async def start_broker(
+    pki: Path, store: Store | None = None, *, auditor: Auditor | None = None, **overrides: object
+) -> Running:
+    """``auditor``: its first sink must be a MemorySink (``Running.sink``); default: one."""
     import time
 
     clock = FakeClock(start=time.time())
-    sink = MemorySink()
+    auditor = auditor or Auditor("test", [MemorySink()])
+    sink = auditor.sinks[0]
+    assert isinstance(sink, MemorySink)
     store = store or MemoryStore()
     config = make_config(pki, **overrides)
-    components = build_components(config, store=store, auditor=Auditor("test", [sink]), clock=clock)
+    components = build_components(config, store=store, auditor=auditor, clock=clock)
     server = BrokerServer(config, components)
     port = await server.start()
     return Running(server, port, pki, clock, sink, store)

@@ -163,8 +163,14 @@ async def test_outside_the_plan(agent: Agent) -> None:
 
 async def test_tier3_needs_approval(agent: Agent) -> None:
     task = await agent.begin()
-    code, reason = await rejected(agent.credential(task, "deploy", "deploy", {"env": "prod"}))
-    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "APPROVAL_REQUIRED")
+    resp = await agent.credential(task, "deploy", "deploy", {"env": "prod"})
+    # an approval workflow applies: a pending approval, not an error (tests/integration/
+    # test_approvals.py drives it to a credential)
+    assert resp.WhichOneof("result") == "pending_approval"
+    assert resp.pending_approval.approval_id.startswith(f"ap_{task}.")
+    assert "tier3-needs-approval" in resp.pending_approval.reason or "tier 3" in (
+        resp.pending_approval.reason
+    )
 
 
 async def test_untrusted_read_then_tier2_needs_approval(
@@ -176,8 +182,8 @@ async def test_untrusted_read_then_tier2_needs_approval(
     await docs.verify(resp.credential.token, "fetch_page", {"url": "https://x"})
     # docs serves untrusted content (registry): reporting the outcome taints the task
     assert await docs.report(resp.credential.jti) == common_pb2.TAINT_UNTRUSTED
-    code, reason = await rejected(agent.credential(task, "secrets", "read_secret", {"name": "db"}))
-    assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "APPROVAL_REQUIRED")
+    resp = await agent.credential(task, "secrets", "read_secret", {"name": "db"})
+    assert resp.WhichOneof("result") == "pending_approval"
     await agent.token(task, "repo", "write_file", {"path": "x"})  # tier 1 still fine
 
 
@@ -403,3 +409,26 @@ def _jti(token: str) -> str:
 def test_args_digest_matches_api_definition() -> None:
     canonical = b'{"limit":5,"query":"retry policy"}'
     assert args_sha256(ARGS) == hashlib.sha256(canonical).hexdigest()
+
+
+async def test_credentials_minted_before_taint_rose_are_rechecked(
+    running: Running, agent: Agent, docs: Server
+) -> None:
+    """Mint a secret read while clean, then read untrusted content: the secret credential dies
+    (online: REVOKED; offline: a "credential" revocation event), a tier-1 one lives on."""
+    task = await agent.begin()
+    secret = await agent.credential(task, "secrets", "read_secret", {"name": "db"})
+    write = await agent.credential(task, "repo", "write_file", {"path": "x"})
+    cursor = await running.store.last_revocation_cursor()
+    page = await agent.credential(task, "docs", "fetch_page", {"url": "https://x"})
+    await docs.verify(page.credential.token, "fetch_page", {"url": "https://x"})
+    assert await docs.report(page.credential.jti) == common_pb2.TAINT_UNTRUSTED
+    events = await running.store.revocations_since(cursor)
+    assert [(e.kind, e.subject) for e in events] == [("credential", secret.credential.jti)]
+    secrets = Server(running.channel("mcp-secrets"))
+    with pytest.raises(grpc.aio.AioRpcError) as exc:
+        await secrets.verify(secret.credential.token, "read_secret", {"name": "db"})
+    assert exc.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(exc.value) == "REVOKED"
+    repo = Server(running.channel("mcp-repo"))
+    await repo.verify(write.credential.token, "write_file", {"path": "x"})

@@ -223,10 +223,14 @@ class Approval(_message.Message):
     def __init__(self, approval_id: _Optional[str] = ..., task_id: _Optional[str] = ..., agent: _Optional[str] = ..., server: _Optional[str] = ..., tool: _Optional[str] = ..., args_sha256: _Optional[str] = ..., justification: _Optional[str] = ..., reason: _Optional[str] = ..., state: _Optional[_Union[ApprovalState, str]] = ..., decided_by: _Optional[str] = ..., decision_reason: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
-    __slots__ = ("state",)
+    __slots__ = ("state", "all", "task_id")
     STATE_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
     state: ApprovalState
-    def __init__(self, state: _Optional[_Union[ApprovalState, str]] = ...) -> None: ...
+    all: bool
+    task_id: str
+    def __init__(self, state: _Optional[_Union[ApprovalState, str]] = ..., all: _Optional[bool] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class ListApprovalsResponse(_message.Message):
     __slots__ = ("approvals",)

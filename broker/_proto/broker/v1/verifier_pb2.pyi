@@ -64,7 +64,7 @@ class VerifyCredentialRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_sha256: _Optional[str] = ..., presenter_cert_sha256: _Optional[str] = ...) -> None: ...
 
 class VerifyCredentialResponse(_message.Message):
-    __slots__ = ("task_id", "agent", "tool", "tier", "taint", "jti", "expires_at")
+    __slots__ = ("task_id", "agent", "tool", "tier", "taint", "jti", "expires_at", "secret")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class VerifyCredentialResponse(_message.Message):
     TAINT_FIELD_NUMBER: _ClassVar[int]
     JTI_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     agent: str
     tool: str
@@ -79,7 +80,27 @@ class VerifyCredentialResponse(_message.Message):
     taint: _common_pb2.Taint
     jti: str
     expires_at: _timestamp_pb2.Timestamp
-    def __init__(self, task_id: _Optional[str] = ..., agent: _Optional[str] = ..., tool: _Optional[str] = ..., tier: _Optional[int] = ..., taint: _Optional[_Union[_common_pb2.Taint, str]] = ..., jti: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    secret: DownstreamSecret
+    def __init__(self, task_id: _Optional[str] = ..., agent: _Optional[str] = ..., tool: _Optional[str] = ..., tier: _Optional[int] = ..., taint: _Optional[_Union[_common_pb2.Taint, str]] = ..., jti: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., secret: _Optional[_Union[DownstreamSecret, _Mapping]] = ...) -> None: ...
+
+class DownstreamSecret(_message.Message):
+    __slots__ = ("data", "lease_id", "expires_at", "source")
+    class DataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    data: _containers.ScalarMap[str, str]
+    lease_id: str
+    expires_at: _timestamp_pb2.Timestamp
+    source: str
+    def __init__(self, data: _Optional[_Mapping[str, str]] = ..., lease_id: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("jti", "status", "result_sha256", "content_trust", "findings")
