@@ -33,11 +33,15 @@ run: dev-pki
 demo: dev-pki
 	@BROKER_ADDR=$(BROKER_LISTEN) $(BIN)/python examples/demo.py
 
-# redis-server is needed by the integration tests; installed from Debian when missing.
+# The integration tests start their own redis-server and PostgreSQL processes (never the ones
+# that may be running); their binaries come from Debian when missing (apt-get when root).
+SYSTEM_PKGS := $(if $(shell command -v redis-server),,redis-server) \
+  $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),,postgresql)
 deps-system:
-	@command -v redis-server >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
-	  else echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server)"; exit 1; fi; }
+	@pkgs="$(strip $(SYSTEM_PKGS))"; [ -z "$$pkgs" ] || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing $$pkgs"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
+	  else echo "missing: $$pkgs (e.g. sudo apt-get install $$pkgs)"; exit 1; fi; }
 
 lint: $(STAMP)
 	@$(BIN)/ruff check broker tests examples tools bench
