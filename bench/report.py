@@ -188,6 +188,8 @@ def _fmt(value: Any, unit: str = "") -> str:
         return "n/a"
     if isinstance(value, float) and value >= 100:
         return f"{value:,.0f}{unit}"
+    if isinstance(value, float) and value >= 10:
+        return f"{value:.1f}{unit}"
     if isinstance(value, float):
         return f"{value:.2f}{unit}"
     return f"{value}{unit}"
@@ -334,6 +336,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 def versions(redis_version: str, openbao_version: str) -> dict[str, str]:
     commit = ""
+    root = Path(__file__).resolve().parents[1]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -341,8 +344,18 @@ def versions(redis_version: str, openbao_version: str) -> dict[str, str]:
             text=True,
             timeout=5,
             check=False,
-            cwd=Path(__file__).resolve().parents[1],
+            cwd=root,
         ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+            cwd=root,
+        ).stdout.strip()
+        if commit and dirty:
+            commit += " + uncommitted changes"
     return {"redis_server": redis_version, "openbao": openbao_version, "git_commit": commit}
 
 

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -55,12 +56,33 @@ RESTART_BACKOFF = (0.5, 10.0)  # first and longest delay before restarting a dea
 PARENT_CHECK = 1.0  # seconds between a worker's checks that its parent is still there
 
 
-def usable_cores() -> int:
-    """The CPUs this process may run on (its affinity mask, e.g. under ``taskset`` or a cpuset)."""
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity mask (``taskset``, cpusets), capped by a
+    cgroup CPU quota (a container's CPU limit, rounded up)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit(cgroup)
+    return cores if limit is None else max(1, min(cores, math.ceil(limit)))
+
+
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPU quota of this process's cgroup in cores (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``),
+    or None when there is none or it cannot be read."""
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return int(fields[0]) / int(fields[1] if len(fields) > 1 else 100_000)
+        return None
+    except (OSError, ValueError, ZeroDivisionError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
 
 
 def store_is_shared(url: str) -> bool:

@@ -8,7 +8,7 @@ import pytest
 
 from broker.config import Config, TlsConfig, load_config
 from broker.errors import ConfigError
-from broker.server.workers import resolve_workers, usable_cores
+from broker.server.workers import cgroup_cpu_limit, resolve_workers, usable_cores
 
 
 def _config(store: str, workers: int | None) -> Config:
@@ -86,3 +86,25 @@ def test_workers_from_the_environment(tmp_path: Path) -> None:
         "BROKER_WORKERS": "3",
     }
     assert load_config(None, env=env).workers == 3
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu/cpu.cfs_quota_us": "200000", "cpu/cpu.cfs_period_us": "100000"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], limit: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_a_container_cpu_limit_caps_the_default(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000")  # half a core: one worker
+    assert usable_cores(tmp_path) == 1
