@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 import orjson
 
 from broker import approvals
+from broker.approval_flow import ApprovalFlow
 from broker.approvals import ApprovalRecord, ApprovalState
 from broker.audit.record import AuditEvent
 from broker.audit.sinks import Auditor
@@ -101,6 +102,12 @@ class Broker:
         self.audit = audit
         self.clock = clock
         self.limits = limits or Limits()
+        self.approvals = ApprovalFlow(
+            store,
+            self._audit,
+            ttl=self.limits.approval_ttl,
+            max_pending=self.limits.max_pending_approvals,
+        )
         self.secrets = secrets  # downstream secrets from Vault (broker.vault); None: no Vault
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
         self._last_key_refresh = 0.0
@@ -174,7 +181,7 @@ class Broker:
         policy_request = _policy_request(task, server, tool, task.taint, now)
         approval: ApprovalRecord | None = None
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
-            approval = await self._presented_approval(peer, task, server, req, now)
+            approval = await self.approvals.presented(peer, task, server, req, now)
             policy_request = replace(policy_request, approved=True)
         decision = self.policy.decide(policy_request)
         ids = tuple(decision.policy_ids)
@@ -187,11 +194,11 @@ class Broker:
             )
         if decision.effect is Effect.APPROVAL_REQUIRED:
             self._audit_decision(peer, task, server, req, "approval_required", ids)
-            return await self._ask_approval(peer, task, server, req, decision.reasons, ids, now)
+            return await self.approvals.ask(peer, task, server, req, decision.reasons, ids, now)
         if approval is not None:
             if approval.state_at(now) is ApprovalState.PENDING:
                 return Pending(approval.approval_id, approval.expires_at, approval.reason)
-            await self._use_approval(peer, approval, now)
+            await self.approvals.use(peer, approval, now)
         caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
         if decision.ttl_cap is not None:
             caps.append(float(decision.ttl_cap))
@@ -462,105 +469,6 @@ class Broker:
                 jti=cred.jti,
                 reason=reason,
             )
-
-    # -- approvals (broker.approvals) --------------------------------------------------------
-
-    async def _ask_approval(
-        self,
-        peer: PeerIdentity,
-        task: TaskRecord,
-        server: ServerEntry,
-        req: CredentialRequest,
-        reasons: tuple[str, ...],
-        policy_ids: tuple[str, ...],
-        now: float,
-    ) -> Pending:
-        """Record a pending approval for exactly this call (or find the one already pending)."""
-        wanted = ApprovalRecord(
-            approval_id=approvals.new_approval_id(task.task_id),
-            task_id=task.task_id,
-            agent=task.agent,
-            server=server.spiffe_id,
-            tool=req.tool,
-            args_sha256=req.args_sha256,
-            created_at=now,
-            expires_at=min(now + self.limits.approval_ttl, task.expires_at),
-            reason="; ".join(reasons) or f"policy {', '.join(policy_ids)} asks for an approval",
-            policy_ids=policy_ids,
-            justification=req.justification,
-            prompt_sha256=req.prompt_sha256,
-        )
-        got = await self.store.create_approval(
-            wanted, now=now, max_pending=self.limits.max_pending_approvals
-        )
-        if got.approval_id == wanted.approval_id:
-            self._audit(
-                "approval.request",
-                peer,
-                task=task.task_id,
-                server=server.spiffe_id,
-                tool=req.tool,
-                args_sha256=req.args_sha256,
-                prompt_sha256=req.prompt_sha256 or None,
-                policy_ids=policy_ids,
-                reason=got.reason,
-                extra={"approval_id": got.approval_id, "expires_at": got.expires_at},
-            )
-        return Pending(got.approval_id, got.expires_at, got.reason)
-
-    async def _presented_approval(
-        self,
-        peer: PeerIdentity,
-        task: TaskRecord,
-        server: ServerEntry,
-        req: CredentialRequest,
-        now: float,
-    ) -> ApprovalRecord:
-        """The approval named by a retry, if it is for this exact call and still pending or
-        approved; otherwise raise (APPROVAL_REQUIRED saying why, or NOT_FOUND)."""
-        record = await self.store.get_approval(req.approval_id)
-        if record is None or record.agent != task.agent:
-            raise NotFound(f"approval {req.approval_id} not found")
-        expected = approvals.binding(
-            task.agent, task.task_id, server.spiffe_id, req.tool, req.args_sha256
-        )
-        state = record.state_at(now)
-        problem: FailedPrecondition | None = None
-        if record.binding != expected:
-            problem = approvals.mismatch(record)
-        elif state not in (ApprovalState.PENDING, ApprovalState.APPROVED):
-            problem = approvals.refusal(record, state)
-        if problem is not None:
-            self._audit(
-                "approval.reject",
-                peer,
-                task=task.task_id,
-                server=server.spiffe_id,
-                tool=req.tool,
-                args_sha256=req.args_sha256,
-                reason=problem.message,
-                extra={"approval_id": record.approval_id, "state": state.label},
-            )
-            raise problem
-        return record
-
-    async def _use_approval(self, peer: PeerIdentity, record: ApprovalRecord, now: float) -> None:
-        """Consume an approved approval (atomically: exactly once, for its call only)."""
-        used, current = await self.store.consume_approval(
-            record.approval_id, binding=record.binding, now=now
-        )
-        if not used:  # a concurrent retry used it first, or it expired in between
-            state = current.state_at(now) if current else ApprovalState.EXPIRED
-            raise approvals.refusal(current or record, state)
-        self._audit(
-            "approval.consume",
-            peer,
-            task=record.task_id,
-            server=record.server,
-            tool=record.tool,
-            args_sha256=record.args_sha256,
-            extra={"approval_id": record.approval_id, "approved_by": record.decided_by},
-        )
 
     # -- helpers -----------------------------------------------------------------------------
 
