@@ -64,11 +64,7 @@ class ApprovalFlow:
             self._audit(
                 "approval.request",
                 peer,
-                task=task.task_id,
-                server=server.spiffe_id,
-                tool=req.tool,
-                args_sha256=req.args_sha256,
-                prompt_sha256=req.prompt_sha256 or None,
+                **req.audit_fields(task.task_id, server.spiffe_id),
                 policy_ids=policy_ids,
                 reason=got.reason,
                 extra={"approval_id": got.approval_id, "expires_at": got.expires_at},
@@ -101,10 +97,7 @@ class ApprovalFlow:
             self._audit(
                 "approval.reject",
                 peer,
-                task=task.task_id,
-                server=server.spiffe_id,
-                tool=req.tool,
-                args_sha256=req.args_sha256,
+                **req.audit_fields(task.task_id, server.spiffe_id),
                 reason=problem.message,
                 extra={"approval_id": record.approval_id, "state": state.label},
             )

@@ -93,6 +93,16 @@ class CredentialRequest:
         check_text(self.justification, "justification", MAX_INTENT)
         check_text(self.approval_id, "approval_id", 64)
 
+    def audit_fields(self, task_id: str, server_id: str) -> dict[str, str | None]:
+        """The fields that name this call in an audit record (never the arguments themselves)."""
+        return {
+            "task": task_id,
+            "server": server_id,
+            "tool": self.tool,
+            "args_sha256": self.args_sha256,
+            "prompt_sha256": self.prompt_sha256 or None,
+        }
+
 
 @dataclass(frozen=True)
 class Granted:

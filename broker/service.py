@@ -254,11 +254,7 @@ class Broker:
         self._audit(
             "credential.mint",
             peer,
-            task=task.task_id,
-            server=server.spiffe_id,
-            tool=tool.name,
-            args_sha256=req.args_sha256,
-            prompt_sha256=req.prompt_sha256 or None,
+            **req.audit_fields(task.task_id, server.spiffe_id),
             jti=jti,
             extra={"ttl": ttl, "tier": server.tier},
         )
@@ -506,11 +502,7 @@ class Broker:
         self._audit(
             "credential.decision",
             peer,
-            task=task.task_id,
-            server=server.spiffe_id,
-            tool=req.tool,
-            args_sha256=req.args_sha256,
-            prompt_sha256=req.prompt_sha256 or None,
+            **req.audit_fields(task.task_id, server.spiffe_id),
             decision=decision,
             policy_ids=policy_ids,
             extra={"taint": task.taint.label, "tier": server.tier},
