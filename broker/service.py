@@ -327,7 +327,7 @@ class Broker:
                 args_sha256=req.args_sha256,
                 presenter_x5t_s256=presenter,
             )
-            await self._check_taint_since_mint(claims, now)
+            task = await self._check_taint_since_mint(claims, now)
             result = await self.store.consume_credential(claims.task, claims.jti, now)
             if result is ConsumeResult.REPLAYED:
                 raise Unauthenticated(
@@ -346,7 +346,7 @@ class Broker:
         except Unauthenticated as exc:
             self._audit("credential.verify", peer, outcome="rejected", reason=exc.reason.value)
             raise
-        task = await self.store.get_task(claims.task)
+        # taint as read just before the consume (one store round trip fewer)
         taint = task.taint if task else Taint.from_label(claims.taint)
         detail = claims.authorization_details[0]
         self._audit(
@@ -377,17 +377,18 @@ class Broker:
             secret=secret,
         )
 
-    async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> None:
-        """Online twin of ``_recheck_live_credentials``, for a race with a taint report."""
+    async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> TaskRecord | None:
+        """Online twin of ``_recheck_live_credentials``, for a race with a taint report.
+        Returns the task as read (None if the store no longer has it)."""
         task = await self.store.get_task(claims.task)
         if task is None or task.taint <= Taint.from_label(claims.taint):
-            return
+            return task
         server = self.registry.server(claims.aud)
         tool = server.tools.get(claims.authorization_details[0].tool)
         if tool is not None:
             decision = self.policy.decide(_policy_request(task, server, tool, task.taint, now))
             if decision.effect is Effect.ALLOW:
-                return
+                return task
         raise Unauthenticated(
             f"task {claims.task} became {task.taint.label} after this credential was minted "
             "and policy no longer allows the call: ask again",
