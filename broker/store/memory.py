@@ -145,14 +145,7 @@ class MemoryStore:
         self, approval: ApprovalRecord, *, now: float, max_pending: int
     ) -> ApprovalRecord:
         async with self._lock:
-            task = self._tasks.get(approval.task_id)
-            if task is None:
-                raise NotFound(f"task {approval.task_id} not found", Reason.TASK_NOT_FOUND)
-            if not task.is_live(now):
-                raise FailedPrecondition(
-                    f"task {approval.task_id} is {task.state_at(now).name.lower()}",
-                    Reason.TASK_ENDED,
-                )
+            self._live_task(approval.task_id, now)
             pending = [
                 a
                 for a in self._approvals.values()
@@ -217,14 +210,7 @@ class MemoryStore:
         self, cred: CredentialRecord, *, quotas: Quotas, now: float
     ) -> None:
         async with self._lock:
-            task = self._tasks.get(cred.task_id)
-            if task is None:
-                raise NotFound(f"task {cred.task_id} not found", Reason.TASK_NOT_FOUND)
-            if not task.is_live(now):
-                raise FailedPrecondition(
-                    f"task {cred.task_id} is {task.state_at(now).name.lower()}",
-                    Reason.TASK_ENDED,
-                )
+            self._live_task(cred.task_id, now)
             creds = self._creds[cred.task_id]
             if cred.jti in creds:  # never re-arm a consumed credential
                 raise InvalidRequest("jti", f"credential {cred.jti} is already recorded")
@@ -312,6 +298,16 @@ class MemoryStore:
 
     async def last_revocation_cursor(self) -> str:
         return self._events[-1].cursor if self._events else "0"
+
+    def _live_task(self, task_id: str, now: float) -> TaskRecord:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+        if not task.is_live(now):
+            raise FailedPrecondition(
+                f"task {task_id} is {task.state_at(now).name.lower()}", Reason.TASK_ENDED
+            )
+        return task
 
     # -- housekeeping ------------------------------------------------------------------------
 

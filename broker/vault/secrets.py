@@ -237,16 +237,7 @@ class SecretBroker:
             log.debug(
                 "vault: revoked lease %s of task %s (%s)", lease.lease_id, lease.task_id, reason
             )
-            self._record(
-                "secret.revoke",
-                self._actor,
-                task=lease.task_id,
-                server=lease.server,
-                tool=lease.tool,
-                outcome="revoked",
-                reason=reason,
-                extra={"lease_id": lease.lease_id, "attempts": lease.attempts + 1},
-            )
+            self._audit_revoke(lease, "revoked", reason, lease.attempts + 1)
         return revoked
 
     async def _failed(self, lease: LeaseRecord, exc: Exception, now: float) -> None:
@@ -262,16 +253,7 @@ class SecretBroker:
                 lease.attempts + 1,
                 why,
             )
-            self._record(
-                "secret.revoke",
-                self._actor,
-                task=lease.task_id,
-                server=lease.server,
-                tool=lease.tool,
-                outcome="abandoned",
-                reason=why,
-                extra={"lease_id": lease.lease_id, "attempts": lease.attempts + 1},
-            )
+            self._audit_revoke(lease, "abandoned", why, lease.attempts + 1)
             return
         delay = min(self._retry_initial * 2**lease.attempts, self._retry_max)
         retry = lease.retry_at(now + delay)
@@ -283,16 +265,7 @@ class SecretBroker:
             why,
             delay,
         )
-        self._record(
-            "secret.revoke",
-            self._actor,
-            task=lease.task_id,
-            server=lease.server,
-            tool=lease.tool,
-            outcome="failed",
-            reason=why,
-            extra={"lease_id": lease.lease_id, "attempts": retry.attempts, "retry_in": delay},
-        )
+        self._audit_revoke(lease, "failed", why, retry.attempts, retry_in=delay)
         try:
             await self.leases.add(retry)
         except BrokerError as store_exc:
@@ -321,6 +294,21 @@ class SecretBroker:
             except Exception:  # the follower must survive anything (logged with its traceback)
                 log.exception("vault: revocation feed: unexpected error; retrying")
                 await asyncio.sleep(retry)
+
+    def _audit_revoke(
+        self, lease: LeaseRecord, outcome: str, reason: str, attempts: int, **extra: Any
+    ) -> None:
+        """One ``secret.revoke`` audit record for a lease (never its secret)."""
+        self._record(
+            "secret.revoke",
+            self._actor,
+            task=lease.task_id,
+            server=lease.server,
+            tool=lease.tool,
+            outcome=outcome,
+            reason=reason,
+            extra={"lease_id": lease.lease_id, "attempts": attempts, **extra},
+        )
 
     def _record(self, event: str, actor: str, **fields: Any) -> None:
         try:
