@@ -27,7 +27,7 @@ from broker import approvals
 from broker.approvals import ApprovalRecord, ApprovalState
 from broker.audit.recent import AuditSource
 from broker.audit.record import AuditEvent, ChainedRecord
-from broker.errors import ConfigError, InvalidRequest, NotFound, Reason
+from broker.errors import BrokerError, ConfigError, InvalidRequest, NotFound, Reason
 from broker.model import CredentialRecord, TaskRecord, TaskState
 from broker.registry import TIER_MAX_TTL, TIERS
 from broker.requests import MAX_TEXT, check_task_id, check_text
@@ -234,20 +234,25 @@ class Admin:
             await store.publish_revocation(kind, subject, now if floor is None else floor, reason)
         ended: set[str] = set()
         killed = 0
-        for tid in roots:
-            k, done = await store.end_task(tid, state=TaskState.REVOKED, now=now, reason=reason)
-            killed += k
-            ended.update(done)
+        try:
+            for tid in roots:
+                k, done = await store.end_task(tid, state=TaskState.REVOKED, now=now, reason=reason)
+                killed += k
+                ended.update(done)
+                for t in done:  # each as it happens: a revoke cut short stays on the record
+                    self._audit(
+                        "revoke.task",
+                        peer,
+                        task=t,
+                        reason=reason,
+                        outcome="revoked",
+                        extra={"scope": kind, "subject": subject},
+                    )
+        except BrokerError:
+            partial = RevokeResult(False, tuple(sorted(ended)), killed)
+            self._audit_revoke(peer, kind, subject, partial, reason, floor, outcome="partial")
+            raise
         result = RevokeResult(False, tuple(sorted(ended)), killed)
-        for tid in result.task_ids:
-            self._audit(
-                "revoke.task",
-                peer,
-                task=tid,
-                reason=reason,
-                outcome="revoked",
-                extra={"scope": kind, "subject": subject},
-            )
         self._audit_revoke(peer, kind, subject, result, reason, floor)
         return result
 
@@ -274,8 +279,9 @@ class Admin:
         result: RevokeResult,
         reason: str,
         floor: float | None,
+        outcome: str = "",
     ) -> None:
-        if kind == "task" and not result.dry_run:
+        if kind == "task" and not result.dry_run and not outcome:
             return  # one revoke.task record per ended task says it all
         extra: dict[str, str | int | float | bool] = {
             "subject": subject,
@@ -291,7 +297,7 @@ class Admin:
             task=subject if kind == "task" else None,
             server=subject if kind == "server" else None,
             reason=reason,
-            outcome="dry-run" if result.dry_run else "revoked",
+            outcome=outcome or ("dry-run" if result.dry_run else "revoked"),
             extra=extra,
         )
 

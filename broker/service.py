@@ -12,8 +12,11 @@ A token is only ever handed out after the store recorded it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -30,6 +33,7 @@ from broker.errors import (
     NotFound,
     PermissionDenied,
     Reason,
+    StoreUnavailable,
     Unauthenticated,
     VaultUnavailable,
 )
@@ -195,10 +199,8 @@ class Broker:
         if decision.effect is Effect.APPROVAL_REQUIRED:
             self._audit_decision(peer, task, server, req, "approval_required", ids)
             return await self.approvals.ask(peer, task, server, req, decision.reasons, ids, now)
-        if approval is not None:
-            if approval.state_at(now) is ApprovalState.PENDING:
-                return Pending(approval.approval_id, approval.expires_at, approval.reason)
-            await self.approvals.use(peer, approval, now)
+        if approval is not None and approval.state_at(now) is ApprovalState.PENDING:
+            return Pending(approval.approval_id, approval.expires_at, approval.reason)
         caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
         if decision.ttl_cap is not None:
             caps.append(float(decision.ttl_cap))
@@ -250,6 +252,11 @@ class Broker:
             quotas=self.limits.quotas,
             now=now,
         )
+        if approval is not None:
+            # Used up only once the credential is signed and recorded, so that a failure of
+            # either does not burn the operator's approval. If this fails (a concurrent retry
+            # used it first), the recorded credential is never handed out.
+            await self.approvals.use(peer, approval, now)
         self._audit_decision(peer, task, server, req, "allow", ids)
         self._audit(
             "credential.mint",
@@ -267,15 +274,15 @@ class Broker:
         killed, ended = await self.store.end_task(
             task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
         )
-        if self.secrets is not None:  # revoke the Vault leases of every task this ended
-            await self.secrets.revoke_tasks((task_id, *ended), outcome or "ended by agent")
-        self._audit(
+        self._audit(  # before the Vault step: the task has ended whatever Vault says
             "task.end",
             peer,
             task=task_id,
             outcome=outcome or None,
             extra={"revoked_credentials": killed, "tasks_ended": len(ended)},
         )
+        if self.secrets is not None:  # revoke the Vault leases of every task this ended
+            await self.secrets.revoke_tasks((task_id, *ended), outcome or "ended by agent")
         return killed
 
     # -- VerifierService ---------------------------------------------------------------------
@@ -295,7 +302,10 @@ class Broker:
         now = self.clock.now()
         if kid is not None and kid not in keys and now - self._last_key_refresh >= 1.0:
             self._last_key_refresh = now
-            self.refresh_keys(now)
+            try:
+                self.refresh_keys(now)
+            except Exception:  # a client's kid must not surface the key ring's paths or errors
+                log.exception("re-reading the signing key ring failed; using the keys in memory")
             keys = self.keyset()
         return keys
 
@@ -454,9 +464,16 @@ class Broker:
                 decision = self.policy.decide(_policy_request(task, server, tool, taint, now))
                 if decision.effect is Effect.ALLOW:
                     continue
-            await self.store.consume_credential(task.task_id, cred.jti, now)
+            # Announce first (offline verifiers), then use up (online). Online verification
+            # refuses such a credential anyway (_check_taint_since_mint); the announcement is
+            # retried briefly so that a blip of the store does not leave offline verifiers out.
             reason = f"task taint rose to {taint.label} after it was minted"
-            await self.store.publish_revocation("credential", cred.jti, now, reason)
+            await _with_retry(
+                functools.partial(
+                    self.store.publish_revocation, "credential", cred.jti, now, reason
+                )
+            )
+            await self.store.consume_credential(task.task_id, cred.jti, now)
             self._audit(
                 "revoke.credential",
                 peer,
@@ -513,6 +530,20 @@ class Broker:
         self.audit.record(
             AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )
+
+
+async def _with_retry(
+    op: Callable[[], Awaitable[object]], attempts: int = 3, delay: float = 0.05
+) -> None:
+    """Run ``op``, retrying a StoreUnavailable twice; the last failure propagates."""
+    for attempt in range(attempts):
+        try:
+            await op()
+            return
+        except StoreUnavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay * (attempt + 1))
 
 
 def _policy_request(

@@ -9,6 +9,7 @@ that a mint (quota, index, record) fails within one deadline too.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -31,6 +32,8 @@ REFUSALS = ("BUSY", "NOREPLICAS", "MASTERDOWN", "LOADING", "CLUSTERDOWN", "OOM",
 
 # The loop time by which the current multi-step call (mint, create) must be done.
 _BUDGET: ContextVar[float | None] = ContextVar("redis_store_budget", default=None)
+
+log = logging.getLogger("broker.store.redis")
 
 
 class Guard:
@@ -63,12 +66,18 @@ class Guard:
             async with asyncio.timeout_at(when):
                 yield
         except UNAVAILABLE as exc:
-            raise StoreUnavailable(f"redis at {self.where} unreachable: {exc}") from exc
+            # Clients see that the store is down, not redis-py's text (hosts, TLS and file
+            # details); that goes to the broker log.
+            log.warning("redis at %s unreachable: %s", self.where, exc)
+            raise StoreUnavailable("the state store is unreachable; retry shortly") from exc
         except rexc.ResponseError as exc:
             if str(exc).startswith(REFUSALS):
-                raise StoreUnavailable(f"redis at {self.where} unavailable: {exc}") from exc
+                refusal = str(exc).split(" ", 1)[0]
+                log.warning("redis at %s refused: %s", self.where, exc)
+                raise StoreUnavailable(f"the state store refused the write ({refusal})") from exc
             raise
         except TimeoutError as exc:
+            log.warning("redis at %s: no answer within %.2f s", self.where, limit)
             raise StoreUnavailable(
-                f"redis at {self.where} unreachable: no answer within {limit:.2f} s"
+                f"the state store did not answer within {limit:.2f} s; retry shortly"
             ) from exc

@@ -134,6 +134,8 @@ class VaultClient:
                 return fn(self._thread_client())
         except VaultUnavailable as exc:
             raise _with_reason(exc, reason) from None
+        except ConfigError as exc:  # a re-login could not read its credentials file
+            raise _cannot_log_in(exc, reason) from None
         except (hvac.exceptions.VaultError, requests.RequestException, OSError) as exc:
             raise translate(what, exc, reason, self.config) from exc
 
@@ -143,6 +145,8 @@ class VaultClient:
             return self._current().token.reveal()
         except VaultUnavailable as exc:
             raise _with_reason(exc, reason) from None
+        except ConfigError as exc:
+            raise _cannot_log_in(exc, reason) from None
 
     def _current(self) -> _Login:
         current = self._login
@@ -378,3 +382,9 @@ def response_data(resp: Any, what: str) -> dict[str, Any]:
         raise VaultUnavailable(f"{what}: Vault's answer has no data")
     data: dict[str, Any] = resp["data"]
     return data
+
+
+def _cannot_log_in(exc: ConfigError, reason: Reason) -> VaultUnavailable:
+    """A login failure at request time: the path and detail go to the log, not to a client."""
+    log.error("vault: cannot log in: %s", exc.message)
+    return VaultUnavailable("the broker cannot log in to Vault (see the broker log)", reason)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from broker.errors import Reason, VaultUnavailable
+from broker.errors import ConfigError, Reason, VaultUnavailable
 from broker.tokens.jws import ES256, SIGNATURE_BYTES, b64url_decode
 from broker.vault._http import FastJson, HttpError
 from broker.vault.client import VaultClient, response_data
@@ -152,6 +152,12 @@ class TransitSigner:
             ) from None
         except VaultUnavailable as exc:  # a login that failed
             raise VaultUnavailable(exc.message, Reason.SIGNING_UNAVAILABLE) from None
+        except ConfigError as exc:  # its credentials file could not be read: log, not client
+            log.error("transit: cannot log in to Vault: %s", exc.message)
+            raise VaultUnavailable(
+                "the broker cannot log in to Vault (see the broker log)",
+                Reason.SIGNING_UNAVAILABLE,
+            ) from None
         except OSError as exc:
             log.warning("transit: sign failed: %s", type(exc).__name__)
             what = "did not answer in time" if isinstance(exc, TimeoutError) else "is unreachable"

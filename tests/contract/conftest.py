@@ -1,7 +1,7 @@
 """Store factories for the contract suite. Each param is one implementation of the store port.
 
-The Redis implementations (single server and a 3-master cluster) are added by
-tests/contract/redis_factories.py when it exists; every test in this folder runs on each.
+The Redis implementations (single server and a 3-master cluster) come from
+tests/contract/redis_factories.py; every test in this folder runs on each.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ async def _memory(_: pytest.FixtureRequest) -> Store:
 
 FACTORIES: dict[str, StoreFactory] = {"memory": _memory}
 
-try:  # the Redis factories need redis-server on the machine (make test installs it)
-    from tests.contract.redis_factories import REDIS_FACTORIES
+from tests.contract.redis_factories import REDIS_FACTORIES  # noqa: E402 - after the type
 
-    FACTORIES.update(REDIS_FACTORIES)
-except ImportError:  # pragma: no cover - only before the Redis store exists
-    pass
+FACTORIES.update(REDIS_FACTORIES)
 
 
 @pytest.fixture(params=sorted(FACTORIES))

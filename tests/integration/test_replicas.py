@@ -127,6 +127,10 @@ async def test_redis_outage_fails_closed_and_recovers(
                 assert time.monotonic() - started < 1.0
                 assert exc.value.code() is grpc.StatusCode.UNAVAILABLE
                 assert reason_of(exc.value) == "STORE_UNAVAILABLE"
+                # the client learns the store is down, not where it is or what redis-py said
+                details = exc.value.details() or ""
+                assert redis_proc.url.split("//", 1)[1].split("/")[0] not in details
+                assert "redis" not in details.lower()
         finally:
             redis_proc.resume()
         assert handed_out == []

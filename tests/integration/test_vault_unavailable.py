@@ -13,6 +13,7 @@ import pytest
 
 from broker._proto.broker.v1 import verifier_pb2
 from broker.errors import ConfigError, VaultUnavailable
+from broker.model import TaskState
 from tests.integration.conftest import start_broker
 from tests.integration.helpers import Agent, Server, reason_of
 from tests.redis_procs import free_port
@@ -71,7 +72,9 @@ async def test_vault_down_fails_the_secret_tool_closed_and_other_tools_go_on(
         # a tool without a secret is not affected, and the task ends normally
         token = await agent.token(task, "repo", "read_file", ARGS)
         assert (await repo.verify(token, "read_file", ARGS)).HasField("secret") is False
-        assert await agent.end(task) >= 0
+        await agent.end(task)
+        ended = await running.store.get_task(task)
+        assert ended is not None and ended.state is TaskState.ENDED
     finally:
         await running.close()
     failed = [

@@ -6,7 +6,7 @@ on 127.0.0.1 and a free port (never the system cluster). Authentication: the sup
 every TCP login, Vault's and the tests', uses scram-sha-256 passwords. As root (PostgreSQL refuses
 to run as root) the server runs as the ``postgres`` user, or ``nobody``.
 
-No binaries: the fixture skips with a message saying so.
+No binaries: the fixture fails, saying how to install them (`make test` does).
 """
 
 from __future__ import annotations
@@ -217,10 +217,10 @@ def shared(config: pytest.Config, start: Callable[[], Postgres]) -> Postgres:
 
 @pytest.fixture(scope="session")
 def postgres(request: pytest.FixtureRequest) -> Postgres:
-    """The session's PostgreSQL (skips when no PostgreSQL binaries are installed)."""
+    """The session's PostgreSQL. `make test` installs the binaries: missing ones fail the run."""
     bindir = pg_bin_dir()
     if bindir is None:
-        pytest.skip(
+        pytest.fail(
             "no PostgreSQL binaries in /usr/lib/postgresql/*/bin: install postgresql "
             "(e.g. apt-get install postgresql) to run the database-secrets tests"
         )
