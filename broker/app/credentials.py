@@ -23,7 +23,7 @@ import orjson
 
 from broker.app.approval_flow import ApprovalFlow
 from broker.app.audit import Auditor
-from broker.app.ports import Quotas, Store
+from broker.app.ports import Quotas, Store, TaintRose
 from broker.app.secrets import SecretBroker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
@@ -184,10 +184,32 @@ class Broker:
                 f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
                 Reason.OUTSIDE_PLAN,
             )
-        policy_request = _policy_request(task, server, tool, task.taint, now)
         approval: ApprovalRecord | None = None
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
+        # Taint only rises (clean -> untrusted -> suspect): at most two re-decisions.
+        for _ in range(len(Taint) - 1):
+            try:
+                return await self._decide_and_mint(peer, task, server, tool, req, approval, now)
+            except TaintRose as rose:
+                # A ReportOutcome raised the task's taint between this decision and its record
+                # (which refused it, atomically): decide again at the new taint. The token
+                # signed at the old one is dropped, never handed out.
+                task = replace(task, taint=rose.taint)
+        return await self._decide_and_mint(peer, task, server, tool, req, approval, now)
+
+    async def _decide_and_mint(
+        self,
+        peer: PeerIdentity,
+        task: TaskRecord,
+        server: ServerEntry,
+        tool: ToolEntry,
+        req: CredentialRequest,
+        approval: ApprovalRecord | None,
+        now: float,
+    ) -> Granted | Pending:
+        policy_request = _policy_request(task, server, tool, task.taint, now)
+        if approval is not None:
             policy_request = replace(policy_request, approved=True)
         decision = self.policy.decide(policy_request)
         ids = tuple(decision.policy_ids)
@@ -253,6 +275,7 @@ class Broker:
             ),
             quotas=self.limits.quotas,
             now=now,
+            taint=task.taint,  # the decision's taint: refused if the task's rose since
         )
         if approval is not None:
             # Used up only once the credential is signed and recorded, so that a failure of

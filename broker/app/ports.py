@@ -41,6 +41,16 @@ class Quotas:
     per_agent: int = 1024  # live credentials per agent, across its tasks
 
 
+class TaintRose(Exception):  # noqa: N818 - a signal between the store and the core, not an error
+    """``record_credential`` refused: the task's taint rose above the one the credential was
+    decided at (a ReportOutcome raced the mint). Nothing was recorded; decide again at
+    ``taint``."""
+
+    def __init__(self, taint: Taint) -> None:
+        super().__init__(f"the task's taint is now {taint.label}")
+        self.taint = taint
+
+
 class Store(Protocol):
     async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
         """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound."""
@@ -49,10 +59,13 @@ class Store(Protocol):
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         """Atomically: check the task is live (FailedPrecondition TASK_ENDED otherwise, NotFound
-        TASK_NOT_FOUND if absent), check quotas (QuotaExceeded), record the credential."""
+        TASK_NOT_FOUND if absent), check that its taint is not above ``taint``, the taint the
+        credential was decided at (``TaintRose`` otherwise), check quotas (QuotaExceeded),
+        record the credential. The taint check is what closes the race with a ReportOutcome
+        that raises the taint while a credential is being decided and signed."""
         ...
 
     async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:

@@ -292,3 +292,20 @@ async def test_duplicates_are_refused(store: Store) -> None:
     with pytest.raises(InvalidRequest):
         await store.record_credential(c, quotas=Quotas(), now=NOW)
     assert await store.consume_credential(t.task_id, c.jti, NOW) is ConsumeResult.REPLAYED
+
+
+async def test_record_refuses_a_credential_decided_below_the_tasks_taint(store: Store) -> None:
+    """Issue 13 item 1: the decision's taint is part of the atomic record."""
+    from broker.app.ports import TaintRose
+
+    t = await started(store)
+    await store.raise_taint(t.task_id, Taint.UNTRUSTED)
+    c = cred(t)
+    with pytest.raises(TaintRose) as caught:
+        await store.record_credential(c, quotas=Quotas(), now=NOW, taint=Taint.CLEAN)
+    assert caught.value.taint is Taint.UNTRUSTED
+    assert await store.get_credential(t.task_id, c.jti) is None
+    # at (or above) the task's taint it is recorded; no taint given: no check
+    await store.record_credential(c, quotas=Quotas(), now=NOW, taint=Taint.UNTRUSTED)
+    await store.record_credential(cred(t), quotas=Quotas(), now=NOW)
+    assert len(await store.list_credentials(t.task_id)) == 2

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 # KEYS: task, creds, live, tg, kids
 # ARGV: field, packed record (without flag and target index), expires_at, now, per-task limit,
-#       target (orjson [server, tool]), expires_at in ms (rounded up), now in ms
+#       target (orjson [server, tool]), expires_at in ms (rounded up), now in ms,
+#       the taint the credential was decided at ("" = any)
 # -> {"OK", retain_until} | {"NOTFOUND"} | {"ENDED", state} | {"QUOTA", live} | {"DUP"}
-#    | {"TARGETS"}
+#    | {"TARGETS"} | {"TAINT", taint}
 MINT = """#!lua
-local t = redis.call('HMGET', KEYS[1], 'st', 'exp', 'ret')
+local t = redis.call('HMGET', KEYS[1], 'st', 'exp', 'ret', 'tn')
 if not t[1] then return {'NOTFOUND'} end
 if t[1] ~= '1' then return {'ENDED', t[1]} end
 local now = tonumber(ARGV[4])
 if now >= tonumber(t[2]) then return {'ENDED', '4'} end
+if ARGV[9] ~= '' and tonumber(t[4]) > tonumber(ARGV[9]) then return {'TAINT', t[4]} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
 local n = redis.call('ZCARD', KEYS[3])
 if n >= tonumber(ARGV[5]) then return {'QUOTA', n} end

@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from broker.app.ports import Quotas
+from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
 from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.core.model import (
@@ -207,10 +207,12 @@ class MemoryStore:
     # -- credentials -------------------------------------------------------------------------
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         async with self._lock:
-            self._live_task(cred.task_id, now)
+            task = self._live_task(cred.task_id, now)
+            if taint is not None and task.taint > taint:
+                raise TaintRose(task.taint)
             creds = self._creds[cred.task_id]
             if cred.jti in creds:  # never re-arm a consumed credential
                 raise InvalidRequest("jti", f"credential {cred.jti} is already recorded")

@@ -86,7 +86,7 @@ from broker.adapters.store._redis_codec import (
 )
 from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
-from broker.app.ports import Quotas
+from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import ApprovalRecord
 from broker.core.errors import (
     FailedPrecondition,
@@ -420,12 +420,14 @@ class RedisStore:
     # -- credentials ---------------------------------------------------------------------------
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         with self._guard.budget():
-            await self._record_credential(cred, quotas, now)
+            await self._record_credential(cred, quotas, now, taint)
 
-    async def _record_credential(self, cred: CredentialRecord, quotas: Quotas, now: float) -> None:
+    async def _record_credential(
+        self, cred: CredentialRecord, quotas: Quotas, now: float, taint: Taint | None
+    ) -> None:
         tid = cred.task_id
         if not task_id_ok(tid):
             raise NotFound(f"task {tid} not found", Reason.TASK_NOT_FOUND)
@@ -466,11 +468,14 @@ class RedisStore:
                 pack_target(cred.server, cred.tool),
                 exp_ms,
                 fnum(now * 1000),
+                "" if taint is None else int(taint),
             ],
         )
         status = _s(res[0])
         if status != "OK":
             await self._release(cred.agent, [bucket])
+            if status == "TAINT":
+                raise TaintRose(Taint(int(res[1])))
             raise _mint_refusal(status, res, cred, quotas)
         if first:  # keep the server index entry as long as the task is retained
             try:

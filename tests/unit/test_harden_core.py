@@ -1,0 +1,92 @@
+"""Regression tests of issue 13 (holes found by an independent review), at the core use cases.
+
+Each test names the item it covers; each failed before its fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from broker.adapters.audit.sinks import MemorySink
+from broker.adapters.files import load_registry, policy_engine
+from broker.adapters.keys import LocalKeyProvider
+from broker.adapters.store.memory import MemoryStore
+from broker.app.audit import Auditor
+from broker.app.credentials import Broker, Limits
+from broker.app.ports import Quotas
+from broker.core.clock import FakeClock
+from broker.core.model import CredentialRecord, Taint
+from broker.core.requests import BeginTask, CredentialRequest, Granted, Pending
+from broker.core.spiffe import PeerIdentity, parse_spiffe_id
+
+DEV = Path(__file__).resolve().parents[2] / "examples" / "dev"
+REGISTRY = load_registry(DEV / "registry.yaml", "dev.local")
+POLICY = policy_engine(DEV / "policies", REGISTRY)
+START = 1_800_000_000.0
+
+
+def peer(ref: str) -> PeerIdentity:
+    return PeerIdentity.of(parse_spiffe_id(ref), hashlib.sha256(ref.encode()).hexdigest())
+
+
+AGENT = peer("spiffe://dev.local/agent/demo")
+
+
+def make_broker(store: MemoryStore | None = None, **limits: object) -> tuple[Broker, MemorySink]:
+    clock = FakeClock(START)
+    sink = MemorySink()
+    broker = Broker(
+        issuer="spiffe://dev.local/broker",
+        registry=REGISTRY,
+        policy=POLICY,
+        keys=LocalKeyProvider(now=clock.now()),
+        store=store or MemoryStore(),
+        audit=Auditor("test", [sink]),
+        clock=clock,
+        limits=Limits(**limits),  # type: ignore[arg-type]
+    )
+    return broker, sink
+
+
+class TaintingStore(MemoryStore):
+    """A real MemoryStore that lets a ReportOutcome's taint land between a credential's
+    decision and its record: exactly the interleaving of the race (item 1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raise_to: Taint | None = None
+
+    async def record_credential(
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
+    ) -> None:
+        if self.raise_to is not None:
+            await self.raise_taint(cred.task_id, self.raise_to)
+            self.raise_to = None
+        await super().record_credential(cred, quotas=quotas, now=now, taint=taint)
+
+
+def secret_call(task_id: str) -> CredentialRequest:
+    return CredentialRequest(
+        task_id=task_id, server="secrets", tool="read_secret", args_sha256="0" * 64
+    )
+
+
+async def test_item1_taint_raised_between_decision_and_record_is_decided_again() -> None:
+    store = TaintingStore()
+    broker, sink = make_broker(store)
+    task = await broker.begin_task(AGENT, BeginTask(intent="read a secret"))
+    store.raise_to = Taint.UNTRUSTED  # the task reads a poisoned page while the mint is signed
+    result = await broker.request_credential(AGENT, secret_call(task.task_id))
+    # Decided clean (allowed), but recorded after the taint rose: decided again, untrusted
+    # tasks need an approval for tier 2.
+    assert isinstance(result, Pending)
+    assert not await store.list_credentials(task.task_id)
+    decisions = [r for r in sink.records if r.body["event"] == "credential.decision"]
+    assert [d.body["decision"] for d in decisions] == ["approval_required"]
+
+
+async def test_item1_clean_mint_still_granted() -> None:
+    broker, _ = make_broker()
+    task = await broker.begin_task(AGENT, BeginTask(intent="read a secret"))
+    assert isinstance(await broker.request_credential(AGENT, secret_call(task.task_id)), Granted)
