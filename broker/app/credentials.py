@@ -28,6 +28,7 @@ from broker.app.secrets import SecretBroker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.record import AuditEvent
+from broker.core.blocks import blocking, refusal, task_revoked
 from broker.core.clock import Clock
 from broker.core.errors import (
     FailedPrecondition,
@@ -128,6 +129,7 @@ class Broker:
         expires_at = now + min(ttl, self.limits.task_max_ttl)
         depth, taint = 0, Taint.CLEAN
         act: tuple[str, ...] = ()
+        parent: TaskRecord | None = None
         if req.parent_task_id:
             parent = await self._task(req.parent_task_id, now, owner=None)
             depth = parent.depth + 1
@@ -151,6 +153,14 @@ class Broker:
                             "parent task's plan",
                             Reason.OUTSIDE_PLAN,
                         )
+        # Kill switches: a blocked agent (or one above it in the chain) starts nothing new, and
+        # a parent task a floor revoked has no children.
+        blocks = await self.store.list_blocks(now)
+        block = blocking(blocks, (agent, *act), now)
+        if block is None and parent is not None:
+            block = task_revoked(blocks, act, parent.created_at)
+        if block is not None:
+            raise refusal(block, now, req.parent_task_id)
         task = TaskRecord(
             task_id=new_task_id(),
             agent=agent,

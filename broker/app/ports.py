@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.approvals import ApprovalRecord
+from broker.core.blocks import Block
 from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
@@ -41,7 +42,7 @@ class Quotas:
     per_agent: int = 1024  # live credentials per agent, across its tasks
 
 
-class TaintRose(Exception):  # noqa: N818 - a signal between the store and the core, not an error
+class TaintRose(Exception):
     """``record_credential`` refused: the task's taint rose above the one the credential was
     decided at (a ReportOutcome raced the mint). Nothing was recorded; decide again at
     ``taint``."""
@@ -148,8 +149,29 @@ class Store(Protocol):
         ...
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self,
+        kind: str,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent: ...
+
+    # -- kill switches (broker.core.blocks) ----------------------------------------------------
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        """Write the block of ``block.key`` (one record, O(1)): its floor never goes down, the
+        rest is ``block``'s. Returns the record as stored. Forgets records past keep_until."""
+        ...
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        """Every block record still retained at ``now``. ``record_credential`` and
+        ``consume_credential`` check these in the same step: a mint for a blocked subject, or
+        for a task a floor revoked, raises (PermissionDenied REVOKED / FailedPrecondition
+        TASK_ENDED); a consume of a credential a block covers returns REVOKED."""
+        ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         """Events after ``cursor`` ("" = from the beginning of what is retained)."""

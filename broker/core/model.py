@@ -99,3 +99,7 @@ class RevocationEvent:
     subject: str
     revoked_at: float
     reason: str = ""
+    # agent/server/tier: the subject stays blocked (every token refused, nothing new minted)
+    # until ``until``, or until a later event of the same subject lifts it when ``until`` is 0
+    blocked: bool = False
+    until: float = 0.0

@@ -190,13 +190,17 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             async for event in feed.follow_revocations(
                 broker.store, request.since, clock=broker.clock
             ):
-                yield verifier_pb2.RevocationEvent(
+                msg = verifier_pb2.RevocationEvent(
                     cursor=event.cursor,
                     kind=kinds.get(event.kind, verifier_pb2.REVOCATION_KIND_UNSPECIFIED),
                     subject=event.subject,
                     revoked_at=timestamp(event.revoked_at),
                     reason=event.reason,
+                    blocked=event.blocked,
                 )
+                if event.blocked and event.until:
+                    msg.blocked_until.CopyFrom(timestamp(event.until))
+                yield msg
         except asyncio.CancelledError:
             return  # the verifier went away, or the server is stopping: the stream is over
         except grpc.aio.AbortError:

@@ -90,3 +90,41 @@ async def test_item1_clean_mint_still_granted() -> None:
     broker, _ = make_broker()
     task = await broker.begin_task(AGENT, BeginTask(intent="read a secret"))
     assert isinstance(await broker.request_credential(AGENT, secret_call(task.task_id)), Granted)
+
+
+class CountingStore(MemoryStore):
+    """A real MemoryStore that counts the calls made to its port methods."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str) -> object:
+        attr = super().__getattribute__(name)
+        if not name.startswith("_") and callable(attr) and name != "calls":
+            super().__getattribute__("calls").append(name)
+        return attr
+
+
+async def test_item3_revoke_agent_is_o1_store_calls_whatever_it_holds() -> None:
+    from broker.app.admin import Admin
+    from broker.core.audit.recent import RecentRecords
+
+    store = CountingStore()
+    broker, _ = make_broker(store)
+    admin = Admin(broker, RecentRecords())
+    operator = peer("spiffe://dev.local/operator/admin")
+
+    async def calls_for(tasks: int) -> list[str]:
+        for _ in range(tasks):
+            await broker.begin_task(AGENT, BeginTask(intent="busy"))
+        store.calls.clear()
+        await admin.revoke_agent(operator, "demo", reason="stop", dry_run=False)
+        calls = list(store.calls)
+        await admin.lift_block(operator, "agent", "demo", "next round")
+        broker.clock.advance(1)  # type: ignore[attr-defined]
+        return calls
+
+    few = await calls_for(1)
+    many = await calls_for(200)
+    assert few == many == ["put_block", "publish_revocation"]

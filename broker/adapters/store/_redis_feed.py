@@ -52,25 +52,38 @@ class RevocationFeed:
         self._closed = True
 
     async def publish(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self,
+        kind: str,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent:
+        fields = {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason}
+        if blocked:
+            fields["b"] = fnum(until)
         async with self._guard.io():
             cursor = await self._r.xadd(
                 self._stream,
-                {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason},
+                fields,  # type: ignore[arg-type]
                 maxlen=MAX_EVENTS,
                 approximate=True,
             )
-        return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason)
+        return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason, blocked, until)
 
     @staticmethod
     def _event(cursor: object, fields: dict[bytes, bytes]) -> RevocationEvent:
+        until = fields.get(b"b")
         return RevocationEvent(
             _s(cursor),
             fields[b"k"].decode(),
             fields[b"s"].decode(),
             float(fields[b"t"]),
             fields.get(b"r", b"").decode(),
+            until is not None,
+            float(until) if until is not None else 0.0,
         )
 
     async def since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
+from broker.core.blocks import Block, covering, merged, refusal
 from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.core.model import (
     ConsumeResult,
@@ -34,6 +35,7 @@ class MemoryStore:
         self._agent_live: dict[str, dict[str, float]] = {}  # agent -> jti -> expires_at
         self._task_servers: dict[str, set[str]] = {}
         self._approvals: dict[str, ApprovalRecord] = {}  # insertion order: oldest first
+        self._blocks: dict[tuple[str, str], Block] = {}
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
         self._changed = asyncio.Condition()
@@ -213,6 +215,17 @@ class MemoryStore:
             task = self._live_task(cred.task_id, now)
             if taint is not None and task.taint > taint:
                 raise TaintRose(task.taint)
+            block = covering(
+                self._live_blocks(now),
+                agents=(task.agent, *task.act),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                task_created_at=task.created_at,
+                now=now,
+            )
+            if block is not None:
+                raise refusal(block, now, task.task_id)
             creds = self._creds[cred.task_id]
             if cred.jti in creds:  # never re-arm a consumed credential
                 raise InvalidRequest("jti", f"credential {cred.jti} is already recorded")
@@ -245,6 +258,16 @@ class MemoryStore:
                 return ConsumeResult.REVOKED
             if cred.consumed:
                 return ConsumeResult.REPLAYED
+            block = covering(
+                self._live_blocks(now),
+                agents=(task.agent, *task.act),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                now=now,
+            )
+            if block is not None:
+                return ConsumeResult.REVOKED
             self._creds[task_id][jti] = replace(cred, consumed=True)
             self._agent_live.get(cred.agent, {}).pop(jti, None)
             return ConsumeResult.OK
@@ -258,11 +281,18 @@ class MemoryStore:
     # -- revocation feed ---------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self,
+        kind: str,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent:
         async with self._changed:
             seq = self._first_seq + len(self._events)
-            event = RevocationEvent(str(seq), kind, subject, revoked_at, reason)
+            event = RevocationEvent(str(seq), kind, subject, revoked_at, reason, blocked, until)
             self._events.append(event)
             if len(self._events) > MAX_EVENTS:
                 drop = len(self._events) - MAX_EVENTS
@@ -300,6 +330,23 @@ class MemoryStore:
 
     async def last_revocation_cursor(self) -> str:
         return self._events[-1].cursor if self._events else "0"
+
+    # -- kill switches -------------------------------------------------------------------------
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        async with self._lock:
+            stored = merged(self._blocks.get(block.key), block)
+            self._blocks[block.key] = stored
+            self._live_blocks(now)
+            return stored
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        return list(self._live_blocks(now))
+
+    def _live_blocks(self, now: float) -> Sequence[Block]:
+        for key in [k for k, b in self._blocks.items() if not b.retained(now)]:
+            del self._blocks[key]
+        return list(self._blocks.values())
 
     def _live_task(self, task_id: str, now: float) -> TaskRecord:
         task = self._tasks.get(task_id)

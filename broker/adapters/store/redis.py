@@ -62,8 +62,10 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -88,6 +90,7 @@ from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
 from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import ApprovalRecord
+from broker.core.blocks import Block, covering, refusal
 from broker.core.errors import (
     FailedPrecondition,
     InvalidRequest,
@@ -140,6 +143,7 @@ class RedisStore:
         self._guard = Guard(where, deadline)
         self._mint = client.register_script(lua.MINT)
         self._consume = client.register_script(lua.CONSUME)
+        self._block_put = client.register_script(lua.BLOCK_PUT)
         self._reserve = client.register_script(lua.RESERVE)
         self._release_script = client.register_script(lua.RELEASE)
         self._create = client.register_script(lua.CREATE)
@@ -216,6 +220,8 @@ class RedisStore:
                 fnum(task.ended_at) if task.ended_at else "",
                 task.end_reason,
                 ttl_ms,
+                "\n".join(task.act),
+                fnum(task.created_at),
             ],
         )
         if not created:
@@ -477,6 +483,20 @@ class RedisStore:
             if status == "TAINT":
                 raise TaintRose(Taint(int(res[1])))
             raise _mint_refusal(status, res, cred, quotas)
+        # Kill switches: read after the record, so a block written before this read refuses the
+        # credential, and one written after it finds the credential recorded (and covers it:
+        # floors only rise). Refused here, the credential is recorded but never handed out.
+        block = covering(
+            await self.list_blocks(now),
+            agents=(cred.agent, *_chain(res[2])),
+            server=cred.server,
+            tier=cred.tier,
+            issued_at=cred.issued_at,
+            task_created_at=float(res[3]),
+            now=now,
+        )
+        if block is not None:
+            raise refusal(block, now, tid)
         if first:  # keep the server index entry as long as the task is retained
             try:
                 await self._run(
@@ -495,10 +515,27 @@ class RedisStore:
         if field is None:
             return ConsumeResult.UNKNOWN
         keys = self._task_keys(task_id)
-        res = await self._run(self._consume, keys[:3], [field])
+        res = await self._run(self._consume, keys[:4], [field])
         result = ConsumeResult(int(res[0]))
-        if result is ConsumeResult.OK:
-            self._defer_release(_s(res[1]), quota_bucket(ms(packed_expiry(res[2]))))
+        if result is not ConsumeResult.OK:
+            return result
+        agent = _s(res[1])
+        self._defer_release(agent, quota_bucket(ms(packed_expiry(res[2]))))
+        # Kill switches, read after the consume: a block written before this read refuses it;
+        # one written after found the credential already used (floors only rise), so the
+        # outcome is as if the block had been checked inside the consume.
+        blocks = await self.list_blocks(now)
+        if blocks:
+            cred = unpack_credential(task_id, agent, field.encode(), res[2], res[3] or b'["",""]')
+            if covering(
+                blocks,
+                agents=(agent, *_chain(res[4])),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                now=now,
+            ):
+                return ConsumeResult.REVOKED
         return result
 
     async def get_credential(self, task_id: str, jti: str) -> CredentialRecord | None:
@@ -547,9 +584,18 @@ class RedisStore:
     # -- revocation feed -----------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self,
+        kind: str,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent:
-        return await self._feed.publish(kind, subject, revoked_at, reason)
+        return await self._feed.publish(
+            kind, subject, revoked_at, reason, blocked=blocked, until=until
+        )
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         return await self._feed.since(cursor, limit)
@@ -561,6 +607,53 @@ class RedisStore:
     async def last_revocation_cursor(self) -> str:
         return await self._feed.last_cursor()
 
+    # -- kill switches (broker.core.blocks) --------------------------------------------------------
+
+    def _blocks_key(self) -> str:
+        return f"{self._ns}:blocks"
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        value = orjson.dumps([block.blocked, block.until, block.reason, block.by, block.created_at])
+        floor, keep = await self._run(
+            self._block_put,
+            [self._blocks_key()],
+            [
+                f"{block.kind}\n{block.subject}",
+                value,
+                fnum(block.floor),
+                fnum(block.keep_until) if block.keep_until else "0",
+                fnum(now),
+            ],
+        )
+        return replace(block, floor=float(floor), keep_until=float(keep))
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        async with self._guard.io():
+            raw: Any = await self._r.hgetall(self._blocks_key())
+        if not raw:
+            return []
+        fields = {_s(k): v for k, v in raw.items()}
+        out = []
+        for name, value in fields.items():
+            if name.startswith(("F:", "K:")) or "\n" not in name:
+                continue
+            kind, subject = name.split("\n", 1)
+            blocked, until, reason, by, created_at = orjson.loads(value)
+            block = Block(
+                kind=kind,
+                subject=subject,
+                floor=float(fields.get("F:" + name, b"0")),
+                blocked=bool(blocked),
+                until=float(until),
+                reason=str(reason),
+                by=str(by),
+                created_at=float(created_at),
+                keep_until=float(fields.get("K:" + name, b"0")),
+            )
+            if block.retained(now):
+                out.append(block)
+        return out
+
     # -- housekeeping --------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -570,6 +663,12 @@ class RedisStore:
     async def close(self) -> None:
         self._feed.close()
         await self._r.aclose()
+
+
+def _chain(raw: object) -> tuple[str, ...]:
+    """A task's delegation chain as stored ('ac': agents joined by newlines)."""
+    text = _s(raw) if raw else ""
+    return tuple(text.split("\n")) if text else ()
 
 
 def _mint_refusal(

@@ -135,7 +135,7 @@ class OfflineVerifier(BaseVerifier):
         know the tool call yet). Does not consume the credential."""
         self.freshness.check(self.monotonic())
         claims = await self._authenticated(token)
-        self.revocations.check(claims)
+        self.revocations.check(claims, self.clock.now())
         self._maybe_refresh_keys()
         return claims
 
@@ -154,7 +154,7 @@ class OfflineVerifier(BaseVerifier):
         digest = call_digest(arguments, args_sha256)
         presenter = presenter_thumbprint(presenter_cert_sha256)
         claims = await self._checked(token, tool, digest, presenter)
-        self.revocations.check(claims)
+        self.revocations.check(claims, self.clock.now())
         if not self.replay.consume(claims.jti, float(claims.exp), self.clock.now()):
             raise Unauthenticated("credential was already used: it verifies once", Reason.REPLAYED)
         self._maybe_refresh_keys()
@@ -211,6 +211,12 @@ class OfflineVerifier(BaseVerifier):
                         subject=msg.subject,
                         revoked_at=float(msg.revoked_at.ToNanoseconds()) / 1e9,
                         reason=msg.reason,
+                        blocked=msg.blocked,
+                        until=(
+                            float(msg.blocked_until.ToNanoseconds()) / 1e9
+                            if msg.HasField("blocked_until")
+                            else 0.0
+                        ),
                     )
                 )
                 got_any = True
