@@ -132,6 +132,10 @@ class Broker:
         parent: TaskRecord | None = None
         if req.parent_task_id:
             parent = await self._task(req.parent_task_id, now, owner=None)
+            if not parent.may_delegate_to(agent):
+                # The parent did not name this agent: a task it may not use is reported as
+                # absent (ids are not an oracle), and its chain is never claimed.
+                raise NotFound(f"task {req.parent_task_id} not found", Reason.TASK_NOT_FOUND)
             depth = parent.depth + 1
             if depth > self.limits.max_delegation_depth:
                 raise PermissionDenied(
@@ -174,6 +178,7 @@ class Broker:
             depth=depth,
             act=act,
             taint=taint,
+            delegates=req.delegates,
         )
         await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
         self._audit("task.begin", peer, task=task.task_id, extra={"depth": depth})

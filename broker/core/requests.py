@@ -19,6 +19,8 @@ MAX_TEXT = 512
 MAX_LABELS = 32
 MAX_PLAN = 64
 MAX_FINDINGS = 100
+MAX_DELEGATES = 16
+MAX_SPIFFE_ID = 512
 
 
 def check_task_id(value: str, name: str = "task_id") -> str:
@@ -55,6 +57,7 @@ class BeginTask:
     plan: tuple[tuple[str, str], ...] = ()  # (server ref, tool or "")
     labels: Mapping[str, str] = field(default_factory=dict)
     parent_task_id: str = ""
+    delegates: tuple[str, ...] = ()  # SPIFFE IDs of agents that may begin sub-tasks of it
 
     def __post_init__(self) -> None:
         check_text(self.intent, "intent", MAX_INTENT, required=True)
@@ -71,6 +74,14 @@ class BeginTask:
             check_text(v, f"labels[{k}]")
         if self.parent_task_id:
             check_task_id(self.parent_task_id, "parent_task_id")
+        if len(self.delegates) > MAX_DELEGATES:
+            raise InvalidRequest(
+                "delegates", f"has {len(self.delegates)} entries; the limit is {MAX_DELEGATES}"
+            )
+        for i, agent in enumerate(self.delegates):
+            check_text(agent, f"delegates[{i}]", MAX_SPIFFE_ID, required=True)
+            if not agent.startswith("spiffe://"):
+                raise InvalidRequest(f"delegates[{i}]", "must be an agent's SPIFFE ID")
 
 
 @dataclass(frozen=True)

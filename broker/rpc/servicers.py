@@ -58,6 +58,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 plan=tuple((s.server, s.tool) for s in request.plan),
                 labels=dict(request.labels),
                 parent_task_id=request.parent_task_id,
+                delegates=tuple(request.delegates),
             ),
         )
         return agent_pb2.BeginTaskResponse(

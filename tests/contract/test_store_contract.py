@@ -371,3 +371,9 @@ async def test_blocks_reach_delegated_tasks(store: Store) -> None:
         now=NOW + 1,
     )
     assert await store.consume_credential(child.task_id, c.jti, NOW + 2) is ConsumeResult.REVOKED
+
+
+async def test_task_delegates_round_trip(store: Store) -> None:
+    t = replace(task(), delegates=("spiffe://dev.local/agent/helper",))
+    await store.create_task(t, retain_until=t.expires_at + 300)
+    assert await store.get_task(t.task_id) == t

@@ -16,6 +16,7 @@ from broker.app.audit import Auditor
 from broker.app.credentials import Broker, Limits
 from broker.app.ports import Quotas
 from broker.core.clock import FakeClock
+from broker.core.errors import BrokerError
 from broker.core.model import CredentialRecord, Taint
 from broker.core.requests import BeginTask, CredentialRequest, Granted, Pending
 from broker.core.spiffe import PeerIdentity, parse_spiffe_id
@@ -128,3 +129,46 @@ async def test_item3_revoke_agent_is_o1_store_calls_whatever_it_holds() -> None:
     few = await calls_for(1)
     many = await calls_for(200)
     assert few == many == ["put_block", "publish_revocation"]
+
+
+OTHER = peer("spiffe://dev.local/agent/other")
+
+
+async def test_item2_delegation_needs_the_parents_consent() -> None:
+    import pytest
+
+    from broker.core.errors import NotFound, Reason
+
+    broker, _ = make_broker()
+    victim = await broker.begin_task(AGENT, BeginTask(intent="private work"))
+    with pytest.raises(NotFound) as caught:  # another agent's task: as if it did not exist
+        await broker.begin_task(
+            OTHER, BeginTask(intent="impersonate", parent_task_id=victim.task_id)
+        )
+    assert caught.value.reason is Reason.TASK_NOT_FOUND
+    unknown = await _refusal_for_unknown(broker, OTHER)
+    assert (type(unknown), unknown.reason) == (NotFound, Reason.TASK_NOT_FOUND)
+    assert caught.value.message == unknown.message.replace("t_unknown", victim.task_id)
+    # the parent names its sub-agent: then it may, and its tokens carry the chain
+    parent = await broker.begin_task(
+        AGENT, BeginTask(intent="delegate", delegates=(str(OTHER.spiffe_id),))
+    )
+    child = await broker.begin_task(
+        OTHER, BeginTask(intent="help", parent_task_id=parent.task_id)
+    )
+    assert child.act == (str(AGENT.spiffe_id),) and child.agent == str(OTHER.spiffe_id)
+    # and the agent itself may always split its own task
+    assert await broker.begin_task(AGENT, BeginTask(intent="sub", parent_task_id=victim.task_id))
+
+
+async def _refusal_for_unknown(broker: Broker, who: PeerIdentity) -> BrokerError:
+    """The refusal for a parent that does not exist, its id written t_unknown."""
+    from broker.core.ids import new_task_id
+
+    unknown = new_task_id()
+    try:
+        await broker.begin_task(who, BeginTask(intent="x", parent_task_id=unknown))
+    except BrokerError as exc:
+        exc.message = exc.message.replace(unknown, "t_unknown")
+        return exc
+    raise AssertionError("an unknown parent was accepted")
