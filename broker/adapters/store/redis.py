@@ -511,6 +511,10 @@ class RedisStore:
                 log.warning("could not extend the server index entry of task %s", tid)
 
     async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
+        with self._guard.budget():  # two round trips (consume, blocks), one deadline
+            return await self._consume_credential(task_id, jti, now)
+
+    async def _consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
         field = jti_field(task_id, jti) if task_id_ok(task_id) else None
         if field is None:
             return ConsumeResult.UNKNOWN
