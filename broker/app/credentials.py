@@ -53,6 +53,7 @@ from broker.core.policy.engine import PolicyEngine
 from broker.core.policy.model import Effect, PolicyRequest
 from broker.core.registry import ContentTrust, Registry, ServerEntry, ToolEntry, tier_ttl_cap
 from broker.core.requests import (
+    MAX_TEXT,
     BeginTask,
     CredentialRequest,
     Granted,
@@ -61,6 +62,7 @@ from broker.core.requests import (
     Verified,
     VerifyRequest,
     check_task_id,
+    check_text,
 )
 from broker.core.spiffe import PeerIdentity
 from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
@@ -72,6 +74,7 @@ log = logging.getLogger("broker.app.credentials")
 # Tasks are kept this long after their expiry, so that late verifications still find the
 # tombstone rather than nothing (which also fails, but with a less useful reason).
 TASK_RETENTION = 600.0
+ENDED_BY_AGENT = "ended by its agent"  # the reason EndTask gives the feed, whatever the outcome
 
 
 @dataclass(frozen=True)
@@ -310,9 +313,12 @@ class Broker:
     async def end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
         now = self.clock.now()
         check_task_id(task_id)
+        check_text(outcome, "outcome", MAX_TEXT)
         await self._task(task_id, now, owner=str(peer.spiffe_id), live=False)
+        # The feed (every verifier) and the store get a fixed reason: the agent's text only
+        # goes to the audit record (scrubbed there), never to other processes' logs.
         killed, ended = await self.store.end_task(
-            task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
+            task_id, state=TaskState.ENDED, now=now, reason=ENDED_BY_AGENT
         )
         self._audit(  # before the Vault step: the task has ended whatever Vault says
             "task.end",
@@ -322,7 +328,7 @@ class Broker:
             extra={"revoked_credentials": killed, "tasks_ended": len(ended)},
         )
         if self.secrets is not None:  # revoke the Vault leases of every task this ended
-            await self.secrets.revoke_tasks((task_id, *ended), outcome or "ended by agent")
+            await self.secrets.revoke_tasks((task_id, *ended), ENDED_BY_AGENT)
         return killed
 
     # -- VerifierService ---------------------------------------------------------------------

@@ -153,9 +153,7 @@ async def test_item2_delegation_needs_the_parents_consent() -> None:
     parent = await broker.begin_task(
         AGENT, BeginTask(intent="delegate", delegates=(str(OTHER.spiffe_id),))
     )
-    child = await broker.begin_task(
-        OTHER, BeginTask(intent="help", parent_task_id=parent.task_id)
-    )
+    child = await broker.begin_task(OTHER, BeginTask(intent="help", parent_task_id=parent.task_id))
     assert child.act == (str(AGENT.spiffe_id),) and child.agent == str(OTHER.spiffe_id)
     # and the agent itself may always split its own task
     assert await broker.begin_task(AGENT, BeginTask(intent="sub", parent_task_id=victim.task_id))

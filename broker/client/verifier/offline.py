@@ -50,6 +50,7 @@ from broker.client.verifier.base import (
 from broker.client.verifier.state import Freshness, ReplayCache, RevocationState
 from broker.core.errors import BrokerError, InvalidRequest, Reason, Unauthenticated
 from broker.core.model import RevocationEvent
+from broker.core.text import printable
 from broker.core.tokens.claims import TokenClaims
 
 log = logging.getLogger("broker.client.verifier")
@@ -169,7 +170,12 @@ class OfflineVerifier(BaseVerifier):
         if event.kind != "heartbeat":
             self.revocations.apply(event)
             self.events += 1
-            log.info("revocation: %s %s (%s)", event.kind, event.subject, event.reason)
+            log.info(  # fields from the feed are escaped: a log line cannot be forged
+                "revocation: %s %s (%s)",
+                printable(event.kind, 32),
+                printable(event.subject, 600),
+                printable(event.reason, 600),
+            )
         now = self.monotonic()
         self.freshness.touch(now)
         if now - self._pruned_at >= PRUNE_EVERY:
