@@ -473,10 +473,7 @@ class Broker:
             taint = Taint.UNTRUSTED
         if outcome.findings:
             taint = Taint.SUSPECT
-        before = await self.store.get_task(task_id)
-        new = await self.store.raise_taint(task_id, taint)
-        if before is not None and new > before.taint:
-            await self._recheck_live_credentials(peer, before, new)
+        new, tainted = await self.raise_taint(peer, task_id, taint)
         self._audit(
             "outcome.report",
             peer,
@@ -487,11 +484,53 @@ class Broker:
             outcome="succeeded" if outcome.succeeded else "failed",
             extra={
                 "taint": new.label,
+                "tainted_tasks": tainted,
                 "findings": ",".join(sorted({k for k, _ in outcome.findings})),
                 **({"result_sha256": outcome.result_sha256} if outcome.result_sha256 else {}),
             },
         )
         return new
+
+    async def raise_taint(
+        self, peer: PeerIdentity, task_id: str, taint: Taint
+    ) -> tuple[Taint, int]:
+        """Raise the task's taint to at least ``taint``, and with it every live task of its
+        delegation tree: what a sub-agent read reaches the agent it reports to, and what a task
+        read reaches the sub-agents working for it. Live credentials of each task whose taint
+        rose are decided again. Returns the task's taint after this and how many tasks rose."""
+        before = await self.store.get_task(task_id)
+        new = await self.store.raise_taint(task_id, taint)
+        tainted = 0
+        if before is None or new <= before.taint:
+            return new, tainted
+        tainted += 1
+        await self._recheck_live_credentials(peer, before, new)
+        # The whole delegation tree: up to its root, then every task below it (a tainted
+        # parent instructs its other sub-agents too). Depth is bounded by config.
+        root, seen = before, {task_id}
+        while root.parent_task_id and root.parent_task_id not in seen:
+            seen.add(root.parent_task_id)
+            up = await self.store.get_task(root.parent_task_id)
+            if up is None:
+                break
+            root = up
+        related: list[str] = [root.task_id] if root.task_id != task_id else []
+        pending = list(await self.store.list_sub_tasks(root.task_id))
+        while pending:
+            tid = pending.pop()
+            if tid in related or tid == task_id:
+                continue
+            related.append(tid)
+            pending.extend(await self.store.list_sub_tasks(tid))
+        now = self.clock.now()
+        for tid in related:
+            task = await self.store.get_task(tid)
+            if task is None or not task.is_live(now) or task.taint >= new:
+                continue
+            if await self.store.raise_taint(tid, new) > task.taint:
+                tainted += 1
+                await self._recheck_live_credentials(peer, task, new)
+        return new, tainted
 
     async def _recheck_live_credentials(
         self, peer: PeerIdentity, task: TaskRecord, taint: Taint

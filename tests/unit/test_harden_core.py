@@ -170,3 +170,35 @@ async def _refusal_for_unknown(broker: Broker, who: PeerIdentity) -> BrokerError
         exc.message = exc.message.replace(unknown, "t_unknown")
         return exc
     raise AssertionError("an unknown parent was accepted")
+
+
+DOCS = peer("spiffe://dev.local/mcp/docs")
+
+
+async def test_item4_taint_crosses_delegation_both_ways() -> None:
+    from broker.core.requests import Outcome
+
+    broker, sink = make_broker()
+    parent = await broker.begin_task(
+        AGENT, BeginTask(intent="plan", delegates=(str(OTHER.spiffe_id),))
+    )
+    child = await broker.begin_task(AGENT, BeginTask(intent="read", parent_task_id=parent.task_id))
+    sibling = await broker.begin_task(
+        OTHER, BeginTask(intent="other sub-agent", parent_task_id=parent.task_id)
+    )
+    # the sub-agent reads an untrusted page
+    granted = await broker.request_credential(
+        AGENT,
+        CredentialRequest(
+            task_id=child.task_id, server="docs", tool="fetch_page", args_sha256="1" * 64
+        ),
+    )
+    assert isinstance(granted, Granted)
+    await broker.report_outcome(DOCS, Outcome(jti=granted.jti, succeeded=True))
+    for tid in (parent.task_id, child.task_id, sibling.task_id):
+        task = await broker.store.get_task(tid)
+        assert task is not None and task.taint is Taint.UNTRUSTED, tid
+    # so the parent can no longer read secrets without an approval
+    assert isinstance(await broker.request_credential(AGENT, secret_call(parent.task_id)), Pending)
+    [report] = [r.body for r in sink.records if r.body["event"] == "outcome.report"]
+    assert report["extra"]["tainted_tasks"] == 3
