@@ -28,7 +28,7 @@ from broker.app.secrets import SecretBroker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.record import AuditEvent
-from broker.core.blocks import blocking, refusal, task_revoked
+from broker.core.blocks import blocking, covering, refusal, task_revoked
 from broker.core.clock import Clock
 from broker.core.errors import (
     FailedPrecondition,
@@ -64,6 +64,7 @@ from broker.core.requests import (
     check_task_id,
     check_text,
 )
+from broker.core.secret import IssuedSecret
 from broker.core.spiffe import PeerIdentity
 from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
 from broker.core.tokens.keys import KeyProvider, KeySet
@@ -384,6 +385,9 @@ class Broker:
                 presenter_x5t_s256=presenter,
             )
             task = await self._check_taint_since_mint(claims, now)
+            if req.check_only:
+                await self._check_unused(claims, task, now)
+                return self._verified(claims, audience, task, None)
             result = await self.store.consume_credential(claims.task, claims.jti, now)
             if result is ConsumeResult.REPLAYED:
                 raise Unauthenticated(
@@ -402,8 +406,6 @@ class Broker:
         except Unauthenticated as exc:
             self._audit("credential.verify", peer, outcome="rejected", reason=exc.reason.value)
             raise
-        # taint as read just before the consume (one store round trip fewer)
-        taint = task.taint if task else Taint.from_label(claims.taint)
         detail = claims.authorization_details[0]
         self._audit(
             "credential.consume",
@@ -421,17 +423,47 @@ class Broker:
             if self.secrets is None:
                 raise VaultUnavailable(f"{detail.tool} needs a secret and no Vault is configured")
             secret = await self.secrets.issue(entry.secret, claims, now)
+        return self._verified(claims, audience, task, secret)
+
+    @staticmethod
+    def _verified(
+        claims: TokenClaims, audience: str, task: TaskRecord | None, secret: IssuedSecret | None
+    ) -> Verified:
+        # taint as read just before the consume (one store round trip fewer)
         return Verified(
             task_id=claims.task,
             agent=claims.sub,
             server=audience,
-            tool=detail.tool,
+            tool=claims.authorization_details[0].tool,
             tier=claims.tier,
-            taint=taint,
+            taint=task.taint if task else Taint.from_label(claims.taint),
             jti=claims.jti,
             expires_at=float(claims.exp),
             secret=secret,
         )
+
+    async def _check_unused(self, claims: TokenClaims, task: TaskRecord | None, now: float) -> None:
+        """What a consume would refuse, without consuming (``VerifyRequest.check_only``)."""
+        cred = await self.store.get_credential(claims.task, claims.jti)
+        if cred is None or task is None:
+            raise Unauthenticated(
+                "credential is not known to the broker's store: treated as revoked",
+                Reason.REVOKED,
+            )
+        if not task.is_live(now):
+            raise Unauthenticated(f"task {claims.task} has ended or was revoked", Reason.REVOKED)
+        if cred.consumed:
+            raise Unauthenticated("credential was already used: it verifies once", Reason.REPLAYED)
+        block = covering(
+            await self.store.list_blocks(now),
+            agents=(task.agent, *task.act),
+            server=cred.server,
+            tier=cred.tier,
+            issued_at=cred.issued_at,
+            now=now,
+        )
+        if block is not None:
+            raise Unauthenticated(block.describe(), Reason.REVOKED)
 
     async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> TaskRecord | None:
         """Online twin of ``_recheck_live_credentials``, for a race with a taint report.

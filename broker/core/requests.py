@@ -140,6 +140,7 @@ class VerifyRequest:
     tool: str
     args_sha256: str
     presenter_cert_sha256: str = ""
+    check_only: bool = False  # every check, but the credential is not used up
 
     def __post_init__(self) -> None:
         if not self.token:

@@ -119,6 +119,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                 tool=request.tool,
                 args_sha256=digest_of_args(request),
                 presenter_cert_sha256=request.presenter_cert_sha256,
+                check_only=request.check_only,
             ),
         )
         secret = None

@@ -100,7 +100,8 @@ async def test_verify_consumes_once(f: Fixture) -> None:
     call = await f.verify(token)
     assert (call.task_id, call.tool, call.jti, call.mode) == (TASK, TOOL, JTI, "offline")
     assert await reason(f.verify(token)) is Reason.REPLAYED
-    await f.verifier.authenticate(token)  # still a valid credential for the HTTP layer
+    # issue 13 item 8: a used credential is refused at every later request of a session too
+    assert await reason(f.verifier.authenticate(token)) is Reason.REPLAYED
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ async def test_stale_feed_fails_everything_closed(f: Fixture) -> None:
         assert await reason(attempt) is Reason.STALE
     assert await reason(f.verifier.authenticate("garbage")) is Reason.STALE
     f.beat()  # the feed is back
-    await f.verifier.authenticate(f.token())
+    await f.verifier.authenticate(f.token(jti=TASK + ".DDDDDDDDDDDDDDDDDDDDDD"))
 
 
 async def test_not_fresh_before_the_first_heartbeat(pki: Path) -> None:

@@ -132,11 +132,13 @@ class OfflineVerifier(BaseVerifier):
     # -- verification --------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> TokenClaims:
-        """All checks but the call binding and single use (for the HTTP layer, which does not
-        know the tool call yet). Does not consume the credential."""
+        """All checks but the call binding (for the HTTP layer, which does not know the tool call
+        yet); a credential this process already accepted is refused. Does not consume it."""
         self.freshness.check(self.monotonic())
         claims = await self._authenticated(token)
         self.revocations.check(claims, self.clock.now())
+        if claims.jti in self.replay:  # used here already: no request of a session outlives it
+            raise Unauthenticated("credential was already used: it verifies once", Reason.REPLAYED)
         self._maybe_refresh_keys()
         return claims
 

@@ -50,18 +50,20 @@ REVOCATION_KIND_ISSUED_BEFORE: RevocationKind
 REVOCATION_KIND_CREDENTIAL: RevocationKind
 
 class VerifyCredentialRequest(_message.Message):
-    __slots__ = ("token", "tool", "arguments", "args_sha256", "presenter_cert_sha256")
+    __slots__ = ("token", "tool", "arguments", "args_sha256", "presenter_cert_sha256", "check_only")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     ARGS_SHA256_FIELD_NUMBER: _ClassVar[int]
     PRESENTER_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
     token: str
     tool: str
     arguments: _struct_pb2.Struct
     args_sha256: str
     presenter_cert_sha256: str
-    def __init__(self, token: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_sha256: _Optional[str] = ..., presenter_cert_sha256: _Optional[str] = ...) -> None: ...
+    check_only: bool
+    def __init__(self, token: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_sha256: _Optional[str] = ..., presenter_cert_sha256: _Optional[str] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class VerifyCredentialResponse(_message.Message):
     __slots__ = ("task_id", "agent", "tool", "tier", "taint", "jti", "expires_at", "secret")
