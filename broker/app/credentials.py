@@ -5,9 +5,9 @@ convert back. Everything this needs is injected: the store port, the key provide
 engine, the registry, the audit trail and the clock.
 
 Flow of one credential (DESIGN.md): resolve server and tool -> the task is the caller's and live
--> plan -> Cedar policy (taint, tier, risk, approval) -> TTL = min(tier cap, policy cap,
-requested, task remaining) -> sign -> record in the store (quotas, atomically) -> hand out.
-A token is only ever handed out after the store recorded it.
+-> plan -> Cedar policy (taint, tier, risk, approval) -> TTL (``broker.core.ttl``: min of tier
+cap, policy cap, request and task remaining) -> sign -> record in the store (quotas,
+atomically) -> hand out. A token is only ever handed out after the store recorded it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from broker.app.ports import Quotas, Store
 from broker.app.secrets import SecretBroker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
-from broker.core.audit.record import AuditEvent
+from broker.core.audit.record import AuditEvent, AuditEventName
 from broker.core.clock import Clock
 from broker.core.errors import (
     FailedPrecondition,
@@ -44,6 +44,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     PlanStep,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -65,6 +66,7 @@ from broker.core.spiffe import PeerIdentity
 from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
 from broker.core.tokens.keys import KeyProvider, KeySet
 from broker.core.tokens.verify import verify_token
+from broker.core.ttl import granted_ttl
 
 log = logging.getLogger("broker.app.credentials")
 
@@ -166,7 +168,7 @@ class Broker:
             taint=taint,
         )
         await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
-        self._audit("task.begin", peer, task=task.task_id, extra={"depth": depth})
+        self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})
         return task
 
     async def request_credential(
@@ -203,12 +205,12 @@ class Broker:
             return await self.approvals.ask(peer, task, server, req, decision.reasons, ids, now)
         if approval is not None and approval.state_at(now) is ApprovalState.PENDING:
             return Pending(approval.approval_id, approval.expires_at, approval.reason)
-        caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
-        if decision.ttl_cap is not None:
-            caps.append(float(decision.ttl_cap))
-        if req.ttl_seconds:
-            caps.append(float(req.ttl_seconds))
-        ttl = int(min(caps))
+        ttl = granted_ttl(
+            tier_cap=tier_ttl_cap(server.tier),
+            task_remaining=task.expires_at - now,
+            policy_cap=decision.ttl_cap,
+            requested=req.ttl_seconds,
+        )
         if ttl < 1:
             raise FailedPrecondition(
                 f"task {task.task_id} expires in under a second", Reason.TASK_ENDED
@@ -261,7 +263,7 @@ class Broker:
             await self.approvals.use(peer, approval, now)
         self._audit_decision(peer, task, server, req, "allow", ids)
         self._audit(
-            "credential.mint",
+            AuditEventName.CREDENTIAL_MINT,
             peer,
             **req.audit_fields(task.task_id, server.spiffe_id),
             jti=jti,
@@ -277,7 +279,7 @@ class Broker:
             task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
         )
         self._audit(  # before the Vault step: the task has ended whatever Vault says
-            "task.end",
+            AuditEventName.TASK_END,
             peer,
             task=task_id,
             outcome=outcome or None,
@@ -356,13 +358,15 @@ class Broker:
                     Reason.REVOKED,
                 )
         except Unauthenticated as exc:
-            self._audit("credential.verify", peer, outcome="rejected", reason=exc.reason.value)
+            self._audit(
+                AuditEventName.CREDENTIAL_VERIFY, peer, outcome="rejected", reason=exc.reason.value
+            )
             raise
         # taint as read just before the consume (one store round trip fewer)
         taint = task.taint if task else Taint.from_label(claims.taint)
         detail = claims.authorization_details[0]
         self._audit(
-            "credential.consume",
+            AuditEventName.CREDENTIAL_CONSUME,
             peer,
             task=claims.task,
             server=audience,
@@ -434,7 +438,7 @@ class Broker:
         if before is not None and new > before.taint:
             await self._recheck_live_credentials(peer, before, new)
         self._audit(
-            "outcome.report",
+            AuditEventName.OUTCOME_REPORT,
             peer,
             task=task_id,
             server=cred.server,
@@ -472,12 +476,12 @@ class Broker:
             reason = f"task taint rose to {taint.label} after it was minted"
             await _with_retry(
                 functools.partial(
-                    self.store.publish_revocation, "credential", cred.jti, now, reason
+                    self.store.publish_revocation, RevocationKind.CREDENTIAL, cred.jti, now, reason
                 )
             )
             await self.store.consume_credential(task.task_id, cred.jti, now)
             self._audit(
-                "revoke.credential",
+                AuditEventName.REVOKE_CREDENTIAL,
                 peer,
                 task=task.task_id,
                 server=cred.server,
@@ -520,7 +524,7 @@ class Broker:
         policy_ids: tuple[str, ...],
     ) -> None:
         self._audit(
-            "credential.decision",
+            AuditEventName.CREDENTIAL_DECISION,
             peer,
             **req.audit_fields(task.task_id, server.spiffe_id),
             decision=decision,
@@ -528,7 +532,7 @@ class Broker:
             extra={"taint": task.taint.label, "tier": server.tier},
         )
 
-    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+    def _audit(self, event: AuditEventName, peer: PeerIdentity, **fields: object) -> None:
         self.audit.record(
             AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )

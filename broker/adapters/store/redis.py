@@ -100,6 +100,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     RevocationEvent,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -339,7 +340,7 @@ class RedisStore:
         give_up = loop.time() + self._guard.deadline
         while True:
             try:
-                await self.publish_revocation("task", task_id, at, reason)
+                await self.publish_revocation(RevocationKind.TASK, task_id, at, reason)
                 break
             except StoreUnavailable:
                 if loop.time() + 0.05 >= give_up:
@@ -542,7 +543,7 @@ class RedisStore:
     # -- revocation feed -----------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
     ) -> RevocationEvent:
         return await self._feed.publish(kind, subject, revoked_at, reason)
 
