@@ -2,7 +2,7 @@
 
 No gRPC here: the servicers convert messages to ``broker.core.requests`` types, call this, and
 convert back. Everything this needs is injected: the store port, the key provider, the policy
-engine, the registry, the audit trail and the clock.
+engine (which owns the registry), the audit trail and the clock.
 
 Flow of one credential (DESIGN.md): resolve server and tool -> the task is the caller's and live
 -> plan -> Cedar policy (taint, tier, risk, approval) -> TTL (``broker.core.ttl``: min of tier
@@ -91,7 +91,6 @@ class Broker:
         self,
         *,
         issuer: str,
-        registry: Registry,
         policy: PolicyEngine,
         keys: KeyProvider,
         store: Store,
@@ -101,8 +100,7 @@ class Broker:
         secrets: SecretBroker | None = None,
     ) -> None:
         self.issuer = issuer
-        self.registry = registry
-        self.policy = policy
+        self.policy = policy  # owns the registry too: see ``registry``
         self.keys = keys
         self.store = store
         self.audit = audit
@@ -119,6 +117,12 @@ class Broker:
         )
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
         self._last_key_refresh = 0.0
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force: the policy engine's, its one owner, so that a reload
+        (``PolicyEngine.reload(registry)``) changes what both resolve and decide at once."""
+        return self.policy.registry
 
     # -- AgentService ------------------------------------------------------------------------
 
@@ -179,14 +183,14 @@ class Broker:
         task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
         server = self.registry.server(req.server)
         tool = self.registry.tool(server, req.tool)
-        in_plan = not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan)
+        in_plan = _in_plan(task, server, tool)
         if not in_plan:
             self._audit_decision(peer, task, server, req, "deny", ("outside-plan",))
             raise PermissionDenied(
                 f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
                 Reason.OUTSIDE_PLAN,
             )
-        policy_request = _policy_request(task, server, tool, task.taint, now)
+        policy_request = _policy_request(task, server, tool, task.taint, now, in_plan=in_plan)
         approval: ApprovalRecord | None = None
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
@@ -552,16 +556,28 @@ async def _with_retry(
             await asyncio.sleep(delay * (attempt + 1))
 
 
+def _in_plan(task: TaskRecord, server: ServerEntry, tool: ToolEntry) -> bool:
+    """The call is within the plan declared at BeginTask (no plan: anything is)."""
+    return not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan)
+
+
 def _policy_request(
-    task: TaskRecord, server: ServerEntry, tool: ToolEntry, taint: Taint, now: float
+    task: TaskRecord,
+    server: ServerEntry,
+    tool: ToolEntry,
+    taint: Taint,
+    now: float,
+    *,
+    in_plan: bool | None = None,
 ) -> PolicyRequest:
+    """``in_plan``: when the caller has already checked the plan (None: check it here)."""
     return PolicyRequest(
         agent=task.agent,
         server=server,
         tool=tool,
         intent=task.intent,
         taint=taint.label,
-        in_plan=not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan),
+        in_plan=_in_plan(task, server, tool) if in_plan is None else in_plan,
         has_plan=bool(task.plan),
         approved=False,
         now=now,
