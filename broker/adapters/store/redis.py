@@ -3,8 +3,8 @@
 Works on one redis-server, behind Sentinel, and on a Redis Cluster: every key of a task carries
 the hash tag ``{task_id}``, so each task lives on ONE slot, and every change to a task is ONE Lua
 script on that slot (``broker.adapters.store._redis_lua``, loaded once, run with EVALSHA). A script
-either
-ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the namespace, "brk")::
+either ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the namespace,
+"brk")::
 
     ns:{t_...}:task              hash   the task record; its state is the revocation tombstone
     ns:{t_...}:creds             hash   jti random half -> 53-byte packed credential
