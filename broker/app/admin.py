@@ -32,10 +32,10 @@ from broker.app.credentials import Broker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.recent import AuditSource
-from broker.core.audit.record import AuditEvent, ChainedRecord
+from broker.core.audit.record import AuditEvent, AuditEventName, ChainedRecord
 from broker.core.blocks import ALL_SUBJECTS, Block, BlockKind, new_block, task_revoked
 from broker.core.errors import BrokerError, ConfigError, InvalidRequest, NotFound, Reason
-from broker.core.model import CredentialRecord, TaskRecord, TaskState
+from broker.core.model import CredentialRecord, RevocationKind, TaskRecord, TaskState
 from broker.core.registry import TIER_MAX_TTL, TIERS
 from broker.core.requests import MAX_TEXT, check_task_id, check_text
 from broker.core.spiffe import PeerIdentity
@@ -172,7 +172,9 @@ class Admin:
     ) -> RevokeResult:
         task = await self._existing_task(task_id)
         roots = [task.task_id] if task.state is TaskState.ACTIVE else []
-        return await self._revoke(peer, "task", task_id, roots, reason=reason, dry_run=dry_run)
+        return await self._revoke(
+            peer, RevocationKind.TASK, task_id, roots, reason=reason, dry_run=dry_run
+        )
 
     async def revoke_agent(
         self, peer: PeerIdentity, agent: str, *, reason: str, dry_run: bool, duration: float = 0
@@ -187,7 +189,9 @@ class Admin:
             agent=agent_id, state=TaskState.ACTIVE, now=now, limit=ALL_TASKS
         )
         roots = [t.task_id for t in tasks]
-        return await self._revoke(peer, "agent", agent_id, roots, reason=reason, dry_run=True)
+        return await self._revoke(
+            peer, RevocationKind.AGENT, agent_id, roots, reason=reason, dry_run=True
+        )
 
     async def revoke_server(
         self, peer: PeerIdentity, server: str, *, reason: str, dry_run: bool, duration: float = 0
@@ -198,7 +202,9 @@ class Admin:
         if not dry_run:
             return await self._block(peer, BlockKind.SERVER, server_id, reason, duration=duration)
         roots = await self._b.store.tasks_with_server(server_id, self._b.clock.now())
-        return await self._revoke(peer, "server", server_id, roots, reason=reason, dry_run=True)
+        return await self._revoke(
+            peer, RevocationKind.SERVER, server_id, roots, reason=reason, dry_run=True
+        )
 
     async def revoke_tier(
         self, peer: PeerIdentity, tier: int, *, reason: str, dry_run: bool, duration: float = 0
@@ -214,7 +220,9 @@ class Admin:
                 roots.update(
                     dict.fromkeys(await self._b.store.tasks_with_server(entry.spiffe_id, now))
                 )
-        return await self._revoke(peer, "tier", str(tier), list(roots), reason=reason, dry_run=True)
+        return await self._revoke(
+            peer, RevocationKind.TIER, str(tier), list(roots), reason=reason, dry_run=True
+        )
 
     async def revoke_issued_before(
         self, peer: PeerIdentity, before: float, *, reason: str, dry_run: bool
@@ -231,7 +239,13 @@ class Admin:
         tasks = await self._b.store.list_tasks(state=TaskState.ACTIVE, now=now, limit=ALL_TASKS)
         roots = [t.task_id for t in tasks if t.created_at <= before]
         return await self._revoke(
-            peer, "issued_before", "*", roots, reason=reason, dry_run=True, floor=before
+            peer,
+            RevocationKind.ISSUED_BEFORE,
+            "*",
+            roots,
+            reason=reason,
+            dry_run=True,
+            floor=before,
         )
 
     # -- kill switches (broker.core.blocks) ----------------------------------------------------
@@ -268,8 +282,9 @@ class Admin:
             retention=self._retention(),
         )
         stored = await self._b.store.put_block(block, now=now)  # enforced from here on
+        revocation = RevocationKind(kind.value)
         await self._b.store.publish_revocation(  # offline verifiers
-            kind.value,
+            revocation,
             subject,
             stored.floor,
             reason,
@@ -277,7 +292,7 @@ class Admin:
             until=stored.until,
         )
         result = RevokeResult(False, (), 0, stored)
-        self._audit_revoke(peer, kind.value, subject, result, reason, floor)
+        self._audit_revoke(peer, revocation, subject, result, reason, floor)
         return result
 
     async def list_blocks(self) -> list[Block]:
@@ -308,9 +323,11 @@ class Admin:
             now, by=str(peer.spiffe_id), reason=reason, retention=self._retention()
         )
         stored = await self._b.store.put_block(lifted, now=now)
-        await self._b.store.publish_revocation(kind, subject, stored.floor, reason)
+        await self._b.store.publish_revocation(
+            RevocationKind(block_kind.value), subject, stored.floor, reason
+        )
         self._audit(
-            "block.lift",
+            AuditEventName.BLOCK_LIFT,
             peer,
             server=subject if kind == BlockKind.SERVER else None,
             reason=reason,
@@ -322,7 +339,7 @@ class Admin:
     async def _revoke(
         self,
         peer: PeerIdentity,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         roots: Sequence[str],
         *,
@@ -349,7 +366,7 @@ class Admin:
                 ended.update(done)
                 for t in done:  # each as it happens: a revoke cut short stays on the record
                     self._audit(
-                        "revoke.task",
+                        AuditEventName.REVOKE_TASK,
                         peer,
                         task=t,
                         reason=reason,
@@ -382,14 +399,14 @@ class Admin:
     def _audit_revoke(
         self,
         peer: PeerIdentity,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         result: RevokeResult,
         reason: str,
         floor: float | None,
         outcome: str = "",
     ) -> None:
-        if kind == "task" and not result.dry_run and not outcome:
+        if kind is RevocationKind.TASK and not result.dry_run and not outcome:
             return  # one revoke.task record per ended task says it all
         extra: dict[str, str | int | float | bool] = {
             "subject": subject,
@@ -405,10 +422,10 @@ class Admin:
             if result.block.until:
                 extra["blocked_until"] = result.block.until
         self._audit(
-            f"revoke.{kind}",
+            AuditEventName.revoke(kind),
             peer,
-            task=subject if kind == "task" else None,
-            server=subject if kind == "server" else None,
+            task=subject if kind is RevocationKind.TASK else None,
+            server=subject if kind is RevocationKind.SERVER else None,
             reason=reason,
             outcome=outcome or ("dry-run" if result.dry_run else "revoked"),
             extra=extra,
@@ -440,7 +457,7 @@ class Admin:
             approvals.check_decidable(record, approval_id, now)  # raises, saying why
             raise NotFound(f"approval {approval_id} not found")  # pragma: no cover
         self._audit(
-            "approval.decide",
+            AuditEventName.APPROVAL_DECIDE,
             peer,
             task=record.task_id,
             server=record.server,
@@ -479,7 +496,7 @@ class Admin:
             kid = str(await rotate_async(now, max_token_ttl=longest))
         else:
             kid = provider.rotate(now, max_token_ttl=longest)
-        self._audit("key.rotate", peer, extra={"kid": kid, "previous_kid": previous})
+        self._audit(AuditEventName.KEY_ROTATE, peer, extra={"kid": kid, "previous_kid": previous})
         for info in self.list_keys():
             if info.kid == kid:
                 return info
@@ -493,10 +510,10 @@ class Admin:
         try:
             engine.reload()
         except ConfigError as exc:
-            self._audit("policy.reload", peer, outcome="failed", reason=exc.message)
+            self._audit(AuditEventName.POLICY_RELOAD, peer, outcome="failed", reason=exc.message)
             raise
         self._audit(
-            "policy.reload",
+            AuditEventName.POLICY_RELOAD,
             peer,
             outcome="loaded",
             extra={"policies": engine.policy_count, "digest": engine.digest, "previous": before},
@@ -506,7 +523,7 @@ class Admin:
     def tail_audit(self, last: int, follow: bool) -> AsyncIterator[ChainedRecord]:
         return self._source.tail(min(last, AUDIT_SCAN * 2), follow)
 
-    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+    def _audit(self, event: AuditEventName, peer: PeerIdentity, **fields: object) -> None:
         self._b.audit.record(
             AuditEvent(event=event, time=self._b.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )

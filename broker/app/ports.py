@@ -25,6 +25,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     RevocationEvent,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -150,7 +151,7 @@ class Store(Protocol):
 
     async def publish_revocation(
         self,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         revoked_at: float,
         reason: str,

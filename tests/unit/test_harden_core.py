@@ -39,7 +39,6 @@ def make_broker(store: MemoryStore | None = None, **limits: object) -> tuple[Bro
     sink = MemorySink()
     broker = Broker(
         issuer="spiffe://dev.local/broker",
-        registry=REGISTRY,
         policy=POLICY,
         keys=LocalKeyProvider(now=clock.now()),
         store=store or MemoryStore(),

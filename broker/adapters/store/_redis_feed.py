@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from broker.adapters.store._redis_codec import fnum
 from broker.adapters.store._redis_io import Guard
 from broker.core.errors import NotFound, StoreUnavailable
-from broker.core.model import RevocationEvent
+from broker.core.model import RevocationEvent, RevocationKind
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class RevocationFeed:
 
     async def publish(
         self,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         revoked_at: float,
         reason: str,

@@ -18,6 +18,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     RevocationEvent,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -118,7 +119,7 @@ class MemoryStore:
                     self._agent_live.get(cred.agent, {}).pop(cred.jti, None)
                 pending.extend(sorted(self._children.get(tid, ())))
         for tid in ended:
-            await self.publish_revocation("task", tid, now, reason)
+            await self.publish_revocation(RevocationKind.TASK, tid, now, reason)
         return killed, ended
 
     async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
@@ -282,7 +283,7 @@ class MemoryStore:
 
     async def publish_revocation(
         self,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         revoked_at: float,
         reason: str,
