@@ -14,6 +14,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     PlanStep,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -377,3 +378,33 @@ async def test_task_delegates_round_trip(store: Store) -> None:
     t = replace(task(), delegates=("spiffe://dev.local/agent/helper",))
     await store.create_task(t, retain_until=t.expires_at + 300)
     assert await store.get_task(t.task_id) == t
+
+
+async def test_a_cursor_older_than_the_retained_feed_is_refused(store: Store) -> None:
+    """Issue 13: a trimmed feed answers an old cursor as a reset, never clamps it silently."""
+    from broker.app.feed import start_cursor
+
+    first = await store.publish_revocation(RevocationKind.TASK, "t1", NOW, "r")
+    for i in range(4):
+        await store.publish_revocation(RevocationKind.TASK, f"t{i + 2}", NOW, "r")
+    assert await start_cursor(store, first.cursor) == first.cursor  # still retained: fine
+    await _trim(store, keep=2)
+    with pytest.raises(InvalidRequest) as err:
+        await start_cursor(store, first.cursor)
+    assert err.value.field == "since"
+    last = await store.last_revocation_cursor()
+    assert await start_cursor(store, last) == last
+
+
+async def _trim(store: Store, keep: int) -> None:
+    """Trim the feed to its last ``keep`` events, as its retention would."""
+    from broker.adapters.store.memory import MemoryStore
+    from broker.adapters.store.redis import RedisStore
+
+    if isinstance(store, MemoryStore):
+        drop = len(store._events) - keep
+        del store._events[:drop]
+        store._first_seq += drop
+    else:
+        assert isinstance(store, RedisStore)
+        await store._r.xtrim(f"{store._ns}:revocations", maxlen=keep, approximate=False)

@@ -152,8 +152,11 @@ async def test_revocation_events_apply_at_once(f: Fixture) -> None:
 
 async def test_feed_reset_revokes_what_came_before(f: Fixture) -> None:
     f.verifier.cursor = "41"
+    assert f.verifier.keys.keys  # (loaded)
     f.verifier._feed_failed(InvalidRequest("since", "is ahead of the feed"))
     assert f.verifier.cursor == ""
+    assert not f.verifier.keys.keys  # issue 13 item 9: a reset drops the cached keys too
+    await f.verifier.keys.refresh()
     assert await reason(f.verify(f.token())) is Reason.REVOKED
     later = int(f.clock.now() + 10)
     fresh = f.token(iat=later, nbf=later, exp=later + 60, jti=TASK + ".DDDDDDDDDDDDDDDDDDDDDD")

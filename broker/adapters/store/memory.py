@@ -7,6 +7,7 @@ loses it, and two processes do not share it (use ``redis://`` for that).
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
@@ -39,6 +40,9 @@ class MemoryStore:
         self._blocks: dict[tuple[str, str], Block] = {}
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
+        # Cursors are "EPOCH-SEQ": a restarted broker (a new store) has another epoch, so a
+        # verifier's cursor from before is refused as a reset, however many events follow.
+        self._epoch = secrets.randbelow(2**53) + 1
         self._changed = asyncio.Condition()
         self._lock = asyncio.Lock()
 
@@ -293,7 +297,9 @@ class MemoryStore:
     ) -> RevocationEvent:
         async with self._changed:
             seq = self._first_seq + len(self._events)
-            event = RevocationEvent(str(seq), kind, subject, revoked_at, reason, blocked, until)
+            event = RevocationEvent(
+                f"{self._epoch}-{seq}", kind, subject, revoked_at, reason, blocked, until
+            )
             self._events.append(event)
             if len(self._events) > MAX_EVENTS:
                 drop = len(self._events) - MAX_EVENTS
@@ -307,11 +313,16 @@ class MemoryStore:
             return 0
         if cursor == "$":
             return len(self._events)
+        epoch, _, seq_text = cursor.partition("-")
         try:
-            seq = int(cursor)
+            seq = int(seq_text)
         except ValueError:
-            raise NotFound(f"unknown revocation cursor {cursor!r}") from None
-        return max(0, seq - self._first_seq + 1)
+            raise NotFound(f"unknown revocation cursor {cursor[:40]!r}") from None
+        if epoch != str(self._epoch):
+            raise NotFound(f"revocation cursor {cursor[:40]!r} is of another feed (a restart)")
+        if seq < self._first_seq - 1:  # events after it were trimmed: never clamp silently
+            raise NotFound(f"revocation cursor {cursor[:40]!r} is older than the feed keeps")
+        return seq - self._first_seq + 1
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         start = self._index_after(cursor)
@@ -330,7 +341,9 @@ class MemoryStore:
                         await self._changed.wait()
 
     async def last_revocation_cursor(self) -> str:
-        return self._events[-1].cursor if self._events else "0"
+        if self._events:
+            return self._events[-1].cursor
+        return f"{self._epoch}-{self._first_seq - 1}"
 
     # -- kill switches -------------------------------------------------------------------------
 

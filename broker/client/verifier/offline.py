@@ -203,6 +203,8 @@ class OfflineVerifier(BaseVerifier):
 
     async def _follow_once(self) -> bool:
         """One subscription, until it fails or goes silent; whether it delivered anything."""
+        if self.keys.fetched_at is None:  # dropped by a reset: load them before accepting
+            await self.keys.refresh()
         call = self.stub.WatchRevocations(verifier_pb2.WatchRevocationsRequest(since=self.cursor))
         got_any = False
         try:
@@ -245,6 +247,7 @@ class OfflineVerifier(BaseVerifier):
             # token issued up to now (plus leeway for clock skew) and follow from now on.
             floor = self.clock.now() + self.settings.leeway
             self.revocations.revoke_issued_before(floor)
+            self.keys.forget()  # a restarted broker may sign with other keys: load them again
             log.warning(
                 "revocation feed reset (cursor %r refused): refusing tokens issued before %.0f",
                 self.cursor,

@@ -59,3 +59,20 @@ async def test_a_cursor_that_is_not_this_feeds_names_since(harness: Harness, sin
     with pytest.raises(InvalidRequest) as err:
         await take(harness, since, 1)
     assert err.value.field == "since"
+
+
+async def test_a_cursor_of_a_restarted_memory_broker_is_a_reset() -> None:
+    """Issue 13 item 9: after a restart (a new in-memory store) an agent quickly publishes
+    events, so the old cursor is no longer "ahead of the feed"; its epoch still gives it away."""
+    from broker.adapters.store.memory import MemoryStore
+    from broker.app.feed import start_cursor
+
+    before = MemoryStore()
+    for i in range(3):
+        seen = await before.publish_revocation(RevocationKind.TASK, f"t{i}", 1.0, "")
+    after = MemoryStore()  # the broker restarted
+    for i in range(10):  # more events than the verifier had seen
+        await after.publish_revocation(RevocationKind.TASK, f"u{i}", 2.0, "")
+    with pytest.raises(InvalidRequest) as err:
+        await start_cursor(after, seen.cursor)
+    assert err.value.field == "since"
