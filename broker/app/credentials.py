@@ -503,11 +503,9 @@ class Broker:
             # counting against the quotas and can no longer be verified online.
             await self.store.consume_credential(task_id, outcome.jti, self.clock.now())
         server = self.registry.server(cred.server)
-        untrusted = (
-            outcome.untrusted
-            if outcome.untrusted is not None
-            else server.content_trust is ContentTrust.UNTRUSTED
-        )
+        # The registry's "untrusted" is a floor: a server's report may raise trust concerns,
+        # never lower the operator's (a compromised server saying "trusted" changes nothing).
+        untrusted = server.content_trust is ContentTrust.UNTRUSTED or bool(outcome.untrusted)
         taint = Taint.CLEAN
         if untrusted:
             taint = Taint.UNTRUSTED

@@ -201,3 +201,22 @@ async def test_item4_taint_crosses_delegation_both_ways() -> None:
     assert isinstance(await broker.request_credential(AGENT, secret_call(parent.task_id)), Pending)
     [report] = [r.body for r in sink.records if r.body["event"] == "outcome.report"]
     assert report["extra"]["tainted_tasks"] == 3
+
+
+async def test_registry_untrusted_is_a_floor_a_report_cannot_lower_it() -> None:
+    from broker.core.requests import Outcome
+
+    broker, _ = make_broker()
+    task = await broker.begin_task(AGENT, BeginTask(intent="read"))
+    granted = await broker.request_credential(
+        AGENT,
+        CredentialRequest(
+            task_id=task.task_id, server="docs", tool="fetch_page", args_sha256="1" * 64
+        ),
+    )
+    assert isinstance(granted, Granted)
+    # docs is content_trust: untrusted in the registry; the server claims its content trusted
+    taint = await broker.report_outcome(
+        DOCS, Outcome(jti=granted.jti, succeeded=True, untrusted=False)
+    )
+    assert taint is Taint.UNTRUSTED
