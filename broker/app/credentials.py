@@ -89,6 +89,9 @@ class Limits:
     max_delegation_depth: int = 3
     approval_ttl: float = approvals.DEFAULT_TTL
     max_pending_approvals: int = approvals.MAX_PENDING_PER_TASK
+    max_pending_per_agent: int = 64  # pending approvals of one agent, across its tasks
+    max_live_tasks_per_agent: int = 256
+    require_registered_agents: bool = False  # refuse BeginTask of agents not in the registry
 
 
 class Broker:
@@ -116,6 +119,7 @@ class Broker:
             self._audit,
             ttl=self.limits.approval_ttl,
             max_pending=self.limits.max_pending_approvals,
+            max_pending_per_agent=self.limits.max_pending_per_agent,
         )
         self.secrets = (
             secrets  # downstream secrets from Vault (broker.adapters.vault); None: no Vault
@@ -134,6 +138,12 @@ class Broker:
     async def begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
         now = self.clock.now()
         agent = str(peer.spiffe_id)
+        if self.limits.require_registered_agents and self.registry.agent(agent) is None:
+            raise PermissionDenied(
+                f"{agent} is not in the registry, and this broker only serves registered "
+                "agents (tasks.require_registered_agents)",
+                Reason.ROLE_NOT_ALLOWED,
+            )
         plan = tuple(self._plan_step(i, ref, tool) for i, (ref, tool) in enumerate(req.plan))
         ttl = float(req.ttl_seconds) if req.ttl_seconds else self.limits.task_default_ttl
         expires_at = now + min(ttl, self.limits.task_max_ttl)
@@ -190,7 +200,11 @@ class Broker:
             taint=taint,
             delegates=req.delegates,
         )
-        await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
+        await self.store.create_task(
+            task,
+            retain_until=expires_at + TASK_RETENTION,
+            max_live_per_agent=self.limits.max_live_tasks_per_agent,
+        )
         self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})
         return task
 

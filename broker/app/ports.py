@@ -54,8 +54,12 @@ class TaintRose(Exception):
 
 
 class Store(Protocol):
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
-        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound."""
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
+        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound.
+        ``max_live_per_agent`` (0: no cap): QuotaExceeded when the agent already holds that
+        many live tasks (an ended one stops counting; a store may count it until its expiry)."""
         ...
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
@@ -116,12 +120,18 @@ class Store(Protocol):
     # -- approvals (broker.core.approvals) --------------------------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         """Atomically: the task must be live (FailedPrecondition TASK_ENDED, NotFound
         TASK_NOT_FOUND); a PENDING, unexpired approval of the task with the same binding is
         returned as it is (no new record); else QuotaExceeded when the task already has
-        ``max_pending`` pending ones; else ``approval`` is recorded and returned."""
+        ``max_pending`` pending ones, or its agent ``max_pending_per_agent`` (0: no cap) across
+        its tasks; else ``approval`` is recorded and returned."""
         ...
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...

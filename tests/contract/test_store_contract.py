@@ -408,3 +408,20 @@ async def _trim(store: Store, keep: int) -> None:
     else:
         assert isinstance(store, RedisStore)
         await store._r.xtrim(f"{store._ns}:revocations", maxlen=keep, approximate=False)
+
+
+async def test_live_tasks_are_capped_per_agent(store: Store) -> None:
+    """Issue 13 item 7: an agent cannot grow the store without bound with live tasks."""
+    held = []
+    for _ in range(3):
+        t = task()
+        await store.create_task(t, retain_until=t.expires_at + 300, max_live_per_agent=3)
+        held.append(t)
+    extra = task()
+    with pytest.raises(QuotaExceeded):
+        await store.create_task(extra, retain_until=extra.expires_at + 300, max_live_per_agent=3)
+    assert await store.get_task(extra.task_id) is None
+    other = task(agent=REPO)  # another agent: its own cap
+    await store.create_task(other, retain_until=other.expires_at + 300, max_live_per_agent=3)
+    await store.end_task(held[0].task_id, state=TaskState.ENDED, now=NOW, reason="done")
+    await store.create_task(extra, retain_until=extra.expires_at + 300, max_live_per_agent=3)

@@ -220,3 +220,55 @@ async def test_registry_untrusted_is_a_floor_a_report_cannot_lower_it() -> None:
         DOCS, Outcome(jti=granted.jti, succeeded=True, untrusted=False)
     )
     assert taint is Taint.UNTRUSTED
+
+
+def deploy_call(task_id: str, n: int = 0) -> CredentialRequest:
+    return CredentialRequest(
+        task_id=task_id, server="deploy", tool="deploy", args_sha256=f"{n:064x}"
+    )
+
+
+async def test_item7_per_agent_caps_on_live_tasks_and_pending_approvals() -> None:
+    import pytest
+
+    from broker.core.errors import QuotaExceeded
+
+    broker, _ = make_broker(max_live_tasks_per_agent=3, max_pending_per_agent=2)
+    tasks = [await broker.begin_task(AGENT, BeginTask(intent=f"t{i}")) for i in range(3)]
+    with pytest.raises(QuotaExceeded):
+        await broker.begin_task(AGENT, BeginTask(intent="one too many"))
+    await broker.end_task(AGENT, tasks[0].task_id, "done")
+    tasks[0] = await broker.begin_task(AGENT, BeginTask(intent="room again"))
+    # tier 3 asks an operator: two pending approvals for the agent, across its tasks
+    assert isinstance(
+        await broker.request_credential(AGENT, deploy_call(tasks[0].task_id)), Pending
+    )
+    assert isinstance(
+        await broker.request_credential(AGENT, deploy_call(tasks[1].task_id)), Pending
+    )
+    with pytest.raises(QuotaExceeded):
+        await broker.request_credential(AGENT, deploy_call(tasks[2].task_id))
+
+
+async def test_item7_unregistered_agents_can_be_refused() -> None:
+    import pytest
+
+    from broker.core.errors import PermissionDenied
+
+    strict, _ = make_broker(require_registered_agents=True)
+    with pytest.raises(PermissionDenied) as refused:
+        await strict.begin_task(OTHER, BeginTask(intent="who am I"))
+    assert "not in the registry" in refused.value.message
+    assert await strict.begin_task(AGENT, BeginTask(intent="registered"))
+    assert await strict.store.list_tasks(now=START) != []
+
+
+async def test_item7_memory_store_prunes_on_writes() -> None:
+    store = MemoryStore()
+    broker, _ = make_broker(store, task_max_ttl=60)
+    for i in range(50):
+        task = await broker.begin_task(AGENT, BeginTask(intent=f"short {i}", ttl_seconds=60))
+        await broker.end_task(AGENT, task.task_id, "")
+    broker.clock.advance(3600)  # type: ignore[attr-defined]
+    await broker.begin_task(AGENT, BeginTask(intent="later"))  # a write: prunes the dead ones
+    assert len(store._tasks) == 1

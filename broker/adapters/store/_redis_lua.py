@@ -136,6 +136,21 @@ return {1, n + 1}
 # KEYS: agent quota hash     ARGV: buckets to release (one per credential)
 RELEASE = "#!lua" + _RELEASE_FN + "\nrelease(KEYS[1], 1)\nreturn 1\n"
 
+# A per-agent cap (live tasks, pending approvals): a zset member -> expiry ms on the agent's slot,
+# reserved before the record is written on its task's slot and released when it ends (or at its
+# expiry: a lost release fails closed). KEYS: zset    ARGV: member, expiry ms, now ms, limit
+# -> {1, count} reserved (or already held) | {0, count} full
+CAP_RESERVE = """#!lua
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, redis.call('ZCARD', KEYS[1])} end
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[4]) then return {0, n} end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local ttl = math.max(1000, math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[3])))
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {1, n + 1}
+"""
+
 # KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms,
 #                      delegation chain (agents joined by newlines), created_at
 # -> 1 created | 0 exists

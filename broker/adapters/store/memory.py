@@ -38,6 +38,8 @@ class MemoryStore:
         self._task_servers: dict[str, set[str]] = {}
         self._approvals: dict[str, ApprovalRecord] = {}  # insertion order: oldest first
         self._blocks: dict[tuple[str, str], Block] = {}
+        self._agent_tasks: dict[str, set[str]] = {}  # agent -> its retained task ids
+        self._pruned_at = float("-inf")
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
         # Cursors are "EPOCH-SEQ": a restarted broker (a new store) has another epoch, so a
@@ -48,10 +50,21 @@ class MemoryStore:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
         async with self._lock:
+            self._prune_now_and_then(task.created_at)  # memory does not grow with dead tasks
             if task.task_id in self._tasks:  # never resurrect an ended task
                 raise InvalidRequest("task_id", f"task {task.task_id} already exists")
+            mine = self._agent_tasks.setdefault(task.agent, set())
+            if max_live_per_agent:
+                live = sum(1 for t in mine if self._tasks[t].is_live(task.created_at))
+                if live >= max_live_per_agent:
+                    raise QuotaExceeded(
+                        f"agent {task.agent} has {live} live tasks "
+                        f"(limit {max_live_per_agent}); end some first"
+                    )
             if task.parent_task_id:
                 parent = self._tasks.get(task.parent_task_id)
                 if parent is None:
@@ -64,6 +77,7 @@ class MemoryStore:
                     )
                 self._children.setdefault(task.parent_task_id, set()).add(task.task_id)
             self._tasks[task.task_id] = task
+            mine.add(task.task_id)
             self._retain[task.task_id] = retain_until
             self._creds[task.task_id] = {}
 
@@ -149,7 +163,12 @@ class MemoryStore:
     # -- approvals ---------------------------------------------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         async with self._lock:
             self._live_task(approval.task_id, now)
@@ -166,6 +185,17 @@ class MemoryStore:
                     f"task {approval.task_id} has {len(pending)} pending approvals "
                     f"(limit {max_pending}); wait for an operator's decision"
                 )
+            if max_pending_per_agent:
+                of_agent = sum(
+                    1
+                    for a in self._approvals.values()
+                    if a.agent == approval.agent and a.state_at(now) is ApprovalState.PENDING
+                )
+                if of_agent >= max_pending_per_agent:
+                    raise QuotaExceeded(
+                        f"agent {approval.agent} has {of_agent} pending approvals "
+                        f"(limit {max_pending_per_agent}); wait for an operator's decision"
+                    )
             self._approvals[approval.approval_id] = approval
             return approval
 
@@ -217,6 +247,7 @@ class MemoryStore:
         self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         async with self._lock:
+            self._prune_now_and_then(now)
             task = self._live_task(cred.task_id, now)
             if taint is not None and task.taint > taint:
                 raise TaintRose(task.taint)
@@ -374,10 +405,19 @@ class MemoryStore:
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    def _prune_now_and_then(self, now: float) -> None:
+        if now - self._pruned_at >= 1.0:
+            self._pruned_at = now
+            self._prune(now)
+
     def _prune(self, now: float) -> None:
         """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs)."""
         for tid in [t for t, until in self._retain.items() if until < now]:
-            self._tasks.pop(tid, None)
+            gone = self._tasks.pop(tid, None)
+            if gone is not None and gone.agent in self._agent_tasks:
+                self._agent_tasks[gone.agent].discard(tid)
+                if not self._agent_tasks[gone.agent]:
+                    del self._agent_tasks[gone.agent]
             self._retain.pop(tid, None)
             self._creds.pop(tid, None)
             self._task_servers.pop(tid, None)

@@ -145,6 +145,7 @@ class RedisStore:
         self._mint = client.register_script(lua.MINT)
         self._consume = client.register_script(lua.CONSUME)
         self._block_put = client.register_script(lua.BLOCK_PUT)
+        self._cap = client.register_script(lua.CAP_RESERVE)
         self._reserve = client.register_script(lua.RESERVE)
         self._release_script = client.register_script(lua.RELEASE)
         self._create = client.register_script(lua.CREATE)
@@ -158,7 +159,9 @@ class RedisStore:
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
-        self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
+        self._approvals = RedisApprovals(
+            client, namespace, self._guard, self._run, self._reserve_cap, self._release_cap
+        )
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -184,9 +187,44 @@ class RedisStore:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
         with self._guard.budget():
-            await self._create_task(task, retain_until)
+            if max_live_per_agent:
+                await self._reserve_cap(
+                    self._agent_live_tasks(task.agent),
+                    task.task_id,
+                    task.expires_at,
+                    task.created_at,
+                    max_live_per_agent,
+                    f"agent {task.agent} has {{n}} live tasks (limit {max_live_per_agent}); "
+                    "end some first",
+                )
+            try:
+                await self._create_task(task, retain_until)
+            except BaseException:
+                if max_live_per_agent:
+                    await self._release_cap(self._agent_live_tasks(task.agent), task.task_id)
+                raise
+
+    def _agent_live_tasks(self, agent: str) -> str:
+        return f"{self._ns}:{{agent:{agent}}}:live"
+
+    async def _reserve_cap(
+        self, key: str, member: str, expires: float, now: float, limit: int, message: str
+    ) -> None:
+        ok, n = await self._run(self._cap, [key], [member, ms(expires), fnum(now * 1000), limit])
+        if not int(ok):
+            raise QuotaExceeded(message.format(n=int(n)))
+
+    async def _release_cap(self, key: str, member: str) -> None:
+        """Best effort: a member not released here still ends at its expiry (fails closed)."""
+        try:
+            async with self._guard.io():
+                await self._r.zrem(key, member)
+        except StoreUnavailable:
+            log.warning("a per-agent cap entry was not released (frees up at expiry)")
 
     async def _create_task(self, task: TaskRecord, retain_until: float) -> None:
         tid, parent = task.task_id, task.parent_task_id
@@ -322,6 +360,7 @@ class RedisStore:
                 continue
             if code == 1:
                 ended.append(tid)
+                await self._release_cap(self._agent_live_tasks(_s(res[1])), tid)
                 now_ms = now * 1000
                 scores = [int(float(x)) for x in res[3][1::2]]
                 killed += sum(1 for score in scores if score > now_ms)
@@ -399,10 +438,20 @@ class RedisStore:
     # -- approvals (broker.adapters.store._redis_approvals) ----------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         with self._guard.budget():
-            return await self._approvals.create(approval, now=now, max_pending=max_pending)
+            return await self._approvals.create(
+                approval,
+                now=now,
+                max_pending=max_pending,
+                max_pending_per_agent=max_pending_per_agent,
+            )
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
         return await self._approvals.get(approval_id)
