@@ -16,7 +16,7 @@ import asyncio
 import base64
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import orjson
@@ -31,6 +31,7 @@ from broker.core.audit.record import AuditEvent, AuditEventName
 from broker.core.blocks import blocking, covering, refusal, task_revoked
 from broker.core.clock import Clock
 from broker.core.errors import (
+    BrokerError,
     FailedPrecondition,
     InvalidRequest,
     NotFound,
@@ -40,7 +41,7 @@ from broker.core.errors import (
     Unauthenticated,
     VaultUnavailable,
 )
-from broker.core.ids import new_jti, new_task_id, task_of_jti
+from broker.core.ids import is_task_id, new_jti, new_task_id, task_of_jti
 from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
@@ -60,8 +61,10 @@ from broker.core.requests import (
     Granted,
     Outcome,
     Pending,
+    Refusal,
     Verified,
     VerifyRequest,
+    check_refusals,
     check_task_id,
     check_text,
 )
@@ -136,6 +139,19 @@ class Broker:
     # -- AgentService ------------------------------------------------------------------------
 
     async def begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
+        try:
+            return await self._begin_task(peer, req)
+        except BrokerError as exc:  # every refusal leaves a record (docs/audit.md)
+            self._refused(
+                AuditEventName.TASK_REFUSED,
+                peer,
+                exc,
+                task=req.parent_task_id or None,  # (validated: a task id or empty)
+                extra={"parent": bool(req.parent_task_id), "plan_steps": len(req.plan)},
+            )
+            raise
+
+    async def _begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
         now = self.clock.now()
         agent = str(peer.spiffe_id)
         if self.limits.require_registered_agents and self.registry.agent(agent) is None:
@@ -212,6 +228,26 @@ class Broker:
         self, peer: PeerIdentity, req: CredentialRequest
     ) -> Granted | Pending:
         """A credential for one call, or a pending approval for it (then retried with its id)."""
+        try:
+            return await self._request_credential(peer, req)
+        except BrokerError as exc:
+            # A policy decision is on the record already (credential.decision); every other
+            # refusal (quota, kill switch, task ended or unknown, unknown server or tool,
+            # approval problems, the store) is recorded here.
+            if exc.reason not in (Reason.POLICY_DENIED, Reason.OUTSIDE_PLAN):
+                self._refused(
+                    AuditEventName.CREDENTIAL_REFUSED,
+                    peer,
+                    exc,
+                    task=req.task_id,
+                    args_sha256=req.args_sha256,
+                    extra={"server_asked": req.server, "tool_asked": req.tool},
+                )
+            raise
+
+    async def _request_credential(
+        self, peer: PeerIdentity, req: CredentialRequest
+    ) -> Granted | Pending:
         now = self.clock.now()
         task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
         server = self.registry.server(req.server)
@@ -391,6 +427,7 @@ class Broker:
             if req.presenter_cert_sha256
             else None
         )
+        claims: TokenClaims | None = None
         try:
             claims = verify_token(
                 req.token,
@@ -424,8 +461,25 @@ class Broker:
                     Reason.REVOKED,
                 )
         except Unauthenticated as exc:
-            self._audit(
-                AuditEventName.CREDENTIAL_VERIFY, peer, outcome="rejected", reason=exc.reason.value
+            # What is known of the refused credential: everything, once its signature verified.
+            if claims is None and isinstance(exc.claims, TokenClaims):
+                claims = exc.claims
+            known = {}
+            if claims is not None:
+                known = {
+                    "task": claims.task,
+                    "jti": claims.jti,
+                    "tool": claims.authorization_details[0].tool,
+                    "args_sha256": claims.authorization_details[0].args_sha256,
+                }
+            self._refused(
+                AuditEventName.CREDENTIAL_VERIFY,
+                peer,
+                exc,
+                outcome="rejected",
+                server=audience,
+                extra={"agent": claims.sub} if claims is not None else {"tool_asked": req.tool},
+                **known,
             )
             raise
         detail = claims.authorization_details[0]
@@ -486,6 +540,44 @@ class Broker:
         )
         if block is not None:
             raise Unauthenticated(block.describe(), Reason.REVOKED)
+
+    def report_refusals(
+        self, peer: PeerIdentity, refusals: tuple[Refusal, ...], dropped: int
+    ) -> int:
+        """Record what an offline verifier refused (``verifier.refusal``, one record each; the
+        actor is the verifier) and how many its buffer lost. Returns the records written."""
+        check_refusals(refusals)
+        server = str(peer.spiffe_id)
+        for r in refusals:
+            task = r.task_id if is_task_id(r.task_id) else None
+            jti = r.jti if task is not None and task_of_jti(r.jti) == task else None
+            reason = r.reason if r.reason in Reason.__members__ else "UNKNOWN"
+            extra: dict[str, str | int | float | bool] = {"mode": r.mode or "offline"}
+            if r.tool:
+                extra["tool"] = r.tool
+            if r.agent:
+                extra["agent"] = r.agent
+            if r.refused_at:
+                extra["refused_at"] = r.refused_at
+            self._audit(
+                AuditEventName.VERIFIER_REFUSAL,
+                peer,
+                server=server,
+                task=task,
+                jti=jti,
+                outcome="rejected",
+                reason=reason,
+                extra=extra,
+            )
+        if dropped:
+            self._audit(
+                AuditEventName.VERIFIER_REFUSALS_DROPPED,
+                peer,
+                server=server,
+                outcome="dropped",
+                extra={"dropped": dropped},
+            )
+        return len(refusals)
 
     async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> TaskRecord | None:
         """Online twin of ``_recheck_live_credentials``, for a race with a taint report.
@@ -662,6 +754,30 @@ class Broker:
             policy_ids=policy_ids,
             extra={"taint": task.taint.label, "tier": server.tier},
         )
+
+    def _refused(
+        self,
+        event: AuditEventName,
+        peer: PeerIdentity,
+        exc: BrokerError,
+        *,
+        outcome: str = "refused",
+        extra: Mapping[str, str | int | float | bool] | None = None,
+        **ids: str | None,
+    ) -> None:
+        """Record a refusal: its reason code and message, and the ids known of it. An id the
+        record refuses (it came from the caller and looks like a credential, say) is dropped
+        rather than the record: the refusal stays on the trail."""
+        fields: dict[str, object] = {
+            "outcome": outcome,
+            "reason": exc.reason.value,
+            "extra": {"message": exc.message, **(extra or {})},
+        }
+        try:
+            self._audit(event, peer, **ids, **fields)
+        except ValueError:
+            log.warning("refusal recorded without its ids (one was not a valid identifier)")
+            self._audit(event, peer, **fields)
 
     def _audit(self, event: AuditEventName, peer: PeerIdentity, **fields: object) -> None:
         self.audit.record(

@@ -183,3 +183,36 @@ class Outcome:
         for i, (kind, detail) in enumerate(self.findings):
             check_text(kind, f"findings[{i}].kind", 64, required=True)
             check_text(detail, f"findings[{i}].detail")
+
+
+MAX_REFUSALS = 100  # per ReportRefusals call
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A credential an offline verifier refused (never the token). Every field but ``reason``
+    may be empty; they come from the verifier and are recorded as what it says."""
+
+    reason: str
+    jti: str = ""
+    task_id: str = ""
+    tool: str = ""
+    agent: str = ""
+    refused_at: float = 0.0
+    mode: str = "offline"
+
+    def __post_init__(self) -> None:
+        check_text(self.reason, "refusals.reason", 64, required=True)
+        check_text(self.jti, "refusals.jti", 128)
+        check_text(self.task_id, "refusals.task_id", 64)
+        check_text(self.tool, "refusals.tool", 128)
+        check_text(self.agent, "refusals.agent", MAX_SPIFFE_ID)
+        check_text(self.mode, "refusals.mode", 16)
+
+
+def check_refusals(refusals: tuple[Refusal, ...]) -> tuple[Refusal, ...]:
+    if len(refusals) > MAX_REFUSALS:
+        raise InvalidRequest(
+            "refusals", f"has {len(refusals)} entries; send at most {MAX_REFUSALS} per call"
+        )
+    return refusals

@@ -20,7 +20,15 @@ from broker._proto.broker.v1 import (
 )
 from broker.app.credentials import Broker
 from broker.core.model import RevocationKind
-from broker.core.requests import BeginTask, CredentialRequest, Outcome, Pending, VerifyRequest
+from broker.core.requests import (
+    MAX_REFUSALS,
+    BeginTask,
+    CredentialRequest,
+    Outcome,
+    Pending,
+    Refusal,
+    VerifyRequest,
+)
 from broker.rpc.convert import TAINT_TO_PB, digest_of_args, timestamp
 from broker.rpc.identity import current_peer
 from broker.rpc.status import abort
@@ -160,6 +168,25 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             ),
         )
         return verifier_pb2.ReportOutcomeResponse(taint=TAINT_TO_PB[taint])
+
+    @rpc
+    async def ReportRefusals(
+        self, request: verifier_pb2.ReportRefusalsRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.ReportRefusalsResponse:
+        refusals = tuple(
+            Refusal(
+                reason=r.reason,
+                jti=r.jti,
+                task_id=r.task_id,
+                tool=r.tool,
+                agent=r.agent,
+                refused_at=r.refused_at.ToNanoseconds() / 1e9 if r.HasField("refused_at") else 0,
+                mode=r.mode,
+            )
+            for r in request.refusals[: MAX_REFUSALS + 1]
+        )
+        recorded = self._broker.report_refusals(current_peer(), refusals, request.dropped)
+        return verifier_pb2.ReportRefusalsResponse(recorded=recorded)
 
     @rpc
     async def GetSigningKeys(

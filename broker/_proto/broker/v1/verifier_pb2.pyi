@@ -157,3 +157,35 @@ class RevocationEvent(_message.Message):
     blocked: bool
     blocked_until: _timestamp_pb2.Timestamp
     def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[RevocationKind, str]] = ..., subject: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., blocked: _Optional[bool] = ..., blocked_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("reason", "jti", "task_id", "tool", "agent", "refused_at", "mode")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    jti: str
+    task_id: str
+    tool: str
+    agent: str
+    refused_at: _timestamp_pb2.Timestamp
+    mode: str
+    def __init__(self, reason: _Optional[str] = ..., jti: _Optional[str] = ..., task_id: _Optional[str] = ..., tool: _Optional[str] = ..., agent: _Optional[str] = ..., refused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class ReportRefusalsRequest(_message.Message):
+    __slots__ = ("refusals", "dropped")
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    refusals: _containers.RepeatedCompositeFieldContainer[Refusal]
+    dropped: int
+    def __init__(self, refusals: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class ReportRefusalsResponse(_message.Message):
+    __slots__ = ("recorded",)
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    def __init__(self, recorded: _Optional[int] = ...) -> None: ...
