@@ -272,3 +272,11 @@ async def test_item7_memory_store_prunes_on_writes() -> None:
     broker.clock.advance(3600)  # type: ignore[attr-defined]
     await broker.begin_task(AGENT, BeginTask(intent="later"))  # a write: prunes the dead ones
     assert len(store._tasks) == 1
+
+
+def test_docs_audit_lists_every_event() -> None:
+    from broker.core.audit.record import AuditEventName
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
+    missing = [str(e) for e in AuditEventName if f"`{e}`" not in text]
+    assert missing == []
