@@ -368,6 +368,13 @@ class Broker:
         return Granted(token=token, jti=jti, expires_at=float(iat + ttl))
 
     async def end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
+        try:
+            return await self._end_task(peer, task_id, outcome)
+        except BrokerError as exc:
+            self._refused(AuditEventName.TASK_END, peer, exc, task=task_id or None)
+            raise
+
+    async def _end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
         now = self.clock.now()
         check_task_id(task_id)
         check_text(outcome, "outcome", MAX_TEXT)

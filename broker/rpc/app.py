@@ -139,7 +139,12 @@ class BrokerServer:
         c = self.components
         options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
         server = grpc.aio.server(
-            interceptors=[IdentityInterceptor(self.config.trust_domain)], options=options
+            interceptors=[
+                IdentityInterceptor(
+                    self.config.trust_domain, c.broker.audit.record, c.broker.clock.now
+                )
+            ],
+            options=options,
         )
         # the generated registration functions are untyped
         add_agent = agent_pb2_grpc.add_AgentServiceServicer_to_server

@@ -15,12 +15,14 @@ Handlers read the caller with ``current_peer()``.
 from __future__ import annotations
 
 import contextvars
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from broker.core.audit.record import MAX_ID_CHARS
+from broker.core.audit.record import MAX_ID_CHARS, AuditEvent, AuditEventName
 from broker.core.audit.scrub import looks_like_secret
 from broker.core.errors import BrokerError, InvalidRequest, InvalidSvid, PermissionDenied, Reason
 from broker.core.spiffe import PeerIdentity, Role, identity_from_pem
@@ -33,6 +35,7 @@ SERVICE_ROLES: dict[str, Role] = {
 }
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+log = logging.getLogger("broker.rpc")
 _PEER: contextvars.ContextVar[PeerIdentity] = contextvars.ContextVar("broker_peer")
 
 
@@ -113,11 +116,42 @@ async def _refuse_malformed(request: Any, context: grpc.aio.ServicerContext) -> 
         await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+def _refusal_event(
+    trust_domain: str, method: str, peer: PeerIdentity | None, exc: BrokerError, now: float
+) -> AuditEvent:
+    """``rpc.refused``: the caller when it had a valid identity, else the broker itself (the
+    certificate's SPIFFE ID is not something a record can carry: that is why it was refused)."""
+    actor = str(peer.spiffe_id) if peer is not None else f"spiffe://{trust_domain}/broker"
+    return AuditEvent(
+        event=AuditEventName.RPC_REFUSED,
+        time=now,
+        actor=actor,
+        outcome="refused",
+        reason=exc.reason.value,
+        extra={"method": method, "message": exc.message},
+    )
+
+
 class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates every call from its client certificate and enforces the role table."""
 
-    def __init__(self, trust_domain: str) -> None:
+    def __init__(
+        self,
+        trust_domain: str,
+        audit: Callable[[AuditEvent], object] | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self._trust_domain = trust_domain
+        self._audit = audit  # every refusal leaves a record (rpc.refused)
+        self._now = now
+
+    def _record(self, method: str, peer: PeerIdentity | None, exc: BrokerError) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit(_refusal_event(self._trust_domain, method, peer, exc, self._now()))
+        except Exception:  # a refusal stands even if its record fails
+            log.exception("could not record a refused call")
 
     async def intercept_service(
         self,
@@ -131,10 +165,12 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         td = self._trust_domain
 
         async def check(context: grpc.aio.ServicerContext) -> PeerIdentity | None:
+            peer = None
             try:
                 peer = peer_of(context, td)
                 authorize(method, peer)
             except BrokerError as exc:
+                self._record(method, peer, exc)
                 status = status_of(exc)
                 await context.abort(status.code, status.details, status.trailing_metadata)
                 return None

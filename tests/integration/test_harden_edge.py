@@ -34,6 +34,10 @@ async def test_item10_odd_svid_is_refused_before_anything_is_stored(
     assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert reason_of(caught.value) == "INVALID_SVID"
     assert await running.store.list_tasks(now=running.clock.now()) == []
+    # and the refusal is on the record (the broker as actor: the SVID's ID cannot be one)
+    [record] = [r.body for r in running.sink.records if r.body["event"] == "rpc.refused"]
+    assert record["reason"] == "INVALID_SVID" and record["actor"] == "spiffe://dev.local/broker"
+    assert record["extra"]["method"] == "/broker.v1.AgentService/BeginTask"  # type: ignore[index]
 
 
 async def test_item11_nan_or_infinity_in_arguments_is_invalid_argument(running: Running) -> None:

@@ -39,6 +39,7 @@ class AuditEventName(StrEnum):
     TASK_BEGIN = "task.begin"
     TASK_END = "task.end"
     TASK_REFUSED = "task.refused"
+    RPC_REFUSED = "rpc.refused"
     CREDENTIAL_DECISION = "credential.decision"
     CREDENTIAL_MINT = "credential.mint"
     CREDENTIAL_VERIFY = "credential.verify"
