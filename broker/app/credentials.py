@@ -81,6 +81,7 @@ log = logging.getLogger("broker.app.credentials")
 # tombstone rather than nothing (which also fails, but with a less useful reason).
 TASK_RETENTION = 600.0
 ENDED_BY_AGENT = "ended by its agent"  # the reason EndTask gives the feed, whatever the outcome
+REFUSALS_PER_MINUTE = 6000  # verifier.refusal records one MCP server may write (per replica)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class Broker:
             secrets  # downstream secrets from Vault (broker.adapters.vault); None: no Vault
         )
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
+        self._refusals_written: dict[str, tuple[int, int]] = {}  # server -> (minute, records)
         self._last_key_refresh = 0.0
 
     @property
@@ -555,6 +557,10 @@ class Broker:
         actor is the verifier) and how many its buffer lost. Returns the records written."""
         check_refusals(refusals)
         server = str(peer.spiffe_id)
+        # A verifier cannot flood the trail: past its budget a batch is counted, not written.
+        allowed = self._refusal_budget(server, len(refusals))
+        dropped += len(refusals) - allowed
+        refusals = refusals[:allowed]
         for r in refusals:
             task = r.task_id if is_task_id(r.task_id) else None
             jti = r.jti if task is not None and task_of_jti(r.jti) == task else None
@@ -585,6 +591,20 @@ class Broker:
                 extra={"dropped": dropped},
             )
         return len(refusals)
+
+    def _refusal_budget(self, server: str, wanted: int) -> int:
+        """How many of ``wanted`` refusal records ``server`` may still write this minute."""
+        minute = int(self.clock.now() // 60)
+        start, used = self._refusals_written.get(server, (minute, 0))
+        if start != minute:
+            used = 0
+        allowed = max(0, min(wanted, REFUSALS_PER_MINUTE - used))
+        self._refusals_written[server] = (minute, used + allowed)
+        if len(self._refusals_written) > 10_000:  # verifiers come and go: forget old minutes
+            self._refusals_written = {
+                k: v for k, v in self._refusals_written.items() if v[0] == minute
+            }
+        return allowed
 
     async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> TaskRecord | None:
         """Online twin of ``_recheck_live_credentials``, for a race with a taint report.

@@ -280,3 +280,17 @@ def test_docs_audit_lists_every_event() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "audit.md").read_text()
     missing = [str(e) for e in AuditEventName if f"`{e}`" not in text]
     assert missing == []
+
+
+def test_offline_refusal_reports_cannot_flood_the_trail() -> None:
+    from broker.app import credentials
+    from broker.core.requests import Refusal
+
+    broker, sink = make_broker()
+    batch = tuple(Refusal(reason="REPLAYED") for _ in range(100))
+    written = sum(broker.report_refusals(DOCS, batch, 0) for _ in range(61))
+    assert written == credentials.REFUSALS_PER_MINUTE == 6000
+    dropped = [r.body for r in sink.records if r.body["event"] == "verifier.refusals_dropped"]
+    assert dropped[-1]["extra"]["dropped"] == 100
+    broker.clock.advance(60)  # type: ignore[attr-defined]
+    assert broker.report_refusals(DOCS, batch[:1], 0) == 1
