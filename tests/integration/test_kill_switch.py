@@ -7,6 +7,7 @@ later and its credentials verified)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,16 +26,28 @@ ARGS = {"query": "retry"}
 DEMO = "spiffe://dev.local/agent/demo"
 
 
-@pytest.fixture
-async def running(pki: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Running]:
+@pytest.fixture(params=["memory", "redis"])
+async def running(
+    request: pytest.FixtureRequest, pki: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Running]:
+    from broker.adapters.store.factory import open_store
+    from broker.adapters.store.memory import MemoryStore
     from broker.app import feed
+    from broker.app.ports import Store
 
     monkeypatch.setattr(feed, "HEARTBEAT_SECONDS", 0.1)
-    r = await start_broker(pki)
+    store: Store
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server")
+        store = open_store(f"{url}?namespace=ks{uuid.uuid4().hex[:12]}", timeout=3.0)
+    else:
+        store = MemoryStore()
+    r = await start_broker(pki, store=store)
     try:
         yield r
     finally:
         await r.close()
+        await store.close()
 
 
 async def offline(running: Running) -> OfflineVerifier:
