@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,11 +29,11 @@ from broker.adapters.keys import LocalKeyProvider
 from broker.app.admin import Admin
 from broker.app.audit import Auditor
 from broker.app.credentials import Broker, Limits
-from broker.app.ports import Quotas, Store
+from broker.app.keyring import SigningKeys
+from broker.app.ports import KeyProvider, Quotas, Store
 from broker.core.clock import Clock, SystemClock
 from broker.core.errors import ConfigError
 from broker.core.registry import TIER_MAX_TTL, Registry
-from broker.core.tokens.keys import KeyProvider
 from broker.rpc.admin_servicer import AdminServicer, audit_source_for
 from broker.rpc.identity import IdentityInterceptor
 from broker.rpc.servicers import AgentServicer, VerifierServicer
@@ -90,8 +92,20 @@ def build_components(
             approval_ttl=config.approval_ttl,
         ),
         secrets=vault.secrets if vault is not None else None,
+        keyring=SigningKeys(
+            keys,
+            store,
+            clock,
+            max_token_ttl=float(max(TIER_MAX_TTL.values())),
+            replica=replica_name(),
+        ),
     )
     return Components(broker=broker, tls=ReloadingServerCredentials(config.tls), vault=vault)
+
+
+def replica_name() -> str:
+    """How this process names itself where replicas meet (published keys): HOST-PID."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def registry_needs_secrets(registry: Registry) -> bool:
@@ -156,6 +170,8 @@ class BrokerServer:
             ),
             server,
         )
+        # publish this replica's keys before its first token, and learn the others'
+        await c.broker.keyring.maintain(c.broker.clock.now())
         self.port = server.add_secure_port(self.config.listen, c.tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -169,14 +185,15 @@ class BrokerServer:
         return self.port
 
     async def _maintain(self, interval: float = 2.0) -> None:
-        """Housekeeping: follow key rotations of other replicas, prune expired keys."""
+        """Housekeeping: refresh the key provider (at its own interval: Transit's
+        ``refresh_seconds``), publish this replica's keys, read the other replicas'."""
         broker = self.components.broker
         while True:
             await asyncio.sleep(interval)
             try:
-                broker.refresh_keys(broker.clock.now())
+                await broker.keyring.maintain(broker.clock.now())
             except Exception:  # housekeeping must not die; the next round retries
-                log.exception("key ring maintenance failed")
+                log.exception("key housekeeping failed")
 
     async def stop(self, grace: float = 2.0) -> None:
         if self._maintenance is not None:
