@@ -35,10 +35,15 @@ ENV_OVERRIDES: dict[str, str] = {
     "BROKER_AUDIT_SINKS": "audit.sinks",
     "BROKER_VAULT_ADDR": "vault.addr",
     "BROKER_WORKERS": "workers",
+    "BROKER_METRICS_LISTEN": "metrics.listen",
+    "BROKER_LOG_FORMAT": "log_format",
 }
+# Variables whose empty value means something ("" turns the metrics listener off).
+EMPTY_MEANS_OFF = frozenset({"BROKER_METRICS_LISTEN"})
 
 ALGORITHMS = ("ES256", "EdDSA")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class Config:
     audit_sinks: tuple[str, ...] = ("stdout",)
     approval_ttl: float = 600.0  # approvals.ttl_seconds: to decide, then to use, an approval
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per line (broker.adapters.logs)
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus listener; "": none
     workers: int | None = None  # processes sharing the port; None: the cores (1 with memory://)
     extra: Mapping[str, Any] = field(default_factory=dict)
     vault: VaultConfig | None = None  # the vault: section (broker.adapters.vault.config)
@@ -86,7 +93,9 @@ _KNOWN: dict[str, tuple[str, ...] | None] = {
     "registry": None,
     "policies": None,
     "log_level": None,
+    "log_format": None,
     "workers": None,
+    "metrics": ("listen",),
     "tls": ("cert", "key", "bundle"),
     "tokens": ("alg", "keys_dir", "leeway_seconds"),
     "tasks": ("max_ttl_seconds", "default_ttl_seconds", "max_delegation_depth"),
@@ -134,7 +143,7 @@ def load_config(
         base = path.resolve().parent
     env = os.environ if env is None else env
     for var, dotted in ENV_OVERRIDES.items():
-        if env.get(var):
+        if env.get(var) or (var in EMPTY_MEANS_OFF and var in env):
             value: Any = env[var]
             if dotted == "audit.sinks":
                 value = [s.strip() for s in env[var].split(",") if s.strip()]
@@ -189,10 +198,10 @@ def _path(base: Path, value: str, dotted: str, *, must_exist: bool, is_dir: bool
     return p
 
 
-def _validate_listen(value: str) -> str:
+def _validate_listen(value: str, key: str = "listen") -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("listen", f"must be HOST:PORT (e.g. 127.0.0.1:7443), got {value!r}")
+        raise ConfigError(key, f"must be HOST:PORT (e.g. 127.0.0.1:7443), got {value!r}")
     return value
 
 
@@ -250,6 +259,12 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
     log_level = _str(data, "log_level", "log_level", "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    log_format = _str(data, "log_format", "log_format", "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    metrics_listen = str(_section(data, "metrics").get("listen") or "").strip()
+    if metrics_listen:
+        _validate_listen(metrics_listen, "metrics.listen")
     store_opts = _section(data, "store_options")
     return Config(
         listen=_validate_listen(_str(data, "listen", "listen", "127.0.0.1:7443")),
@@ -279,6 +294,8 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
             _section(data, "approvals"), "ttl_seconds", "approvals.ttl_seconds", 600, 1
         ),
         log_level=log_level,
+        log_format=log_format,
+        metrics_listen=metrics_listen,
         vault=parse_vault_config(_section(data, "vault"), base) if data.get("vault") else None,
         workers=_workers(data.get("workers")),
     )

@@ -36,6 +36,7 @@ from broker.core.errors import ConfigError
 from broker.core.registry import TIER_MAX_TTL, Registry
 from broker.rpc.admin_servicer import AdminServicer, audit_source_for
 from broker.rpc.identity import IdentityInterceptor
+from broker.rpc.metrics import MetricsInterceptor, sample_live_tasks
 from broker.rpc.servicers import AgentServicer, VerifierServicer
 from broker.rpc.tls import ReloadingServerCredentials
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from broker.adapters.vault.runtime import VaultRuntime
 
 log = logging.getLogger("broker.rpc")
+LIVE_SAMPLE = 15.0  # seconds between two samples of broker_live_tasks
 
 SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
@@ -151,7 +153,8 @@ class BrokerServer:
         c = self.components
         options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
         server = grpc.aio.server(
-            interceptors=[IdentityInterceptor(self.config.trust_domain)], options=options
+            interceptors=[MetricsInterceptor(), IdentityInterceptor(self.config.trust_domain)],
+            options=options,
         )
         # the generated registration functions are untyped
         add_agent = agent_pb2_grpc.add_AgentServiceServicer_to_server
@@ -184,11 +187,19 @@ class BrokerServer:
             await c.vault.start()
         return self.port
 
-    async def _maintain(self, interval: float = 2.0) -> None:
+    async def _maintain(self, interval: float = 2.0, sample_every: float = LIVE_SAMPLE) -> None:
         """Housekeeping: refresh the key provider (at its own interval: Transit's
-        ``refresh_seconds``), publish this replica's keys, read the other replicas'."""
+        ``refresh_seconds``), publish this replica's keys, read the other replicas'; sample the
+        live tasks for ``broker_live_tasks`` every ``sample_every`` seconds."""
         broker = self.components.broker
+        sampled = -sample_every
         while True:
+            try:
+                if asyncio.get_running_loop().time() - sampled >= sample_every:
+                    sampled = asyncio.get_running_loop().time()
+                    await sample_live_tasks(broker.store, broker.clock.now())
+            except Exception as exc:  # noqa: BLE001 - a metric is not worth a log storm
+                log.warning("sampling live tasks failed: %s", exc)
             await asyncio.sleep(interval)
             try:
                 await broker.keyring.maintain(broker.clock.now())

@@ -18,7 +18,9 @@ The parent (``Supervisor``) does not serve. It:
   ``SO_REUSEPORT`` socket that it holds until exit;
 - starts the workers (``multiprocessing`` spawn: no fork of a process holding gRPC state), waits
   until each one serves, prints how to connect, restarts a worker that dies, and on SIGTERM or
-  SIGINT stops every worker gracefully (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``).
+  SIGINT stops every worker gracefully (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``);
+- serves the metrics of every worker on ``metrics.listen`` (prometheus-client's multiprocess
+  mode: ``broker.rpc.metrics_http``).
 
 A worker stops when it gets SIGTERM/SIGINT or when its parent is gone (it checks every second),
 so that a killed supervisor leaves no orphan serving with stale keys.
@@ -47,6 +49,7 @@ from types import FrameType
 
 from broker.adapters.config import Config, with_listen
 from broker.core.errors import BrokerError, ConfigError
+from broker.rpc.metrics_http import MetricsListener, MultiprocessDir, start_listener
 
 log = logging.getLogger("broker.workers")
 
@@ -131,6 +134,8 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._keys_tmp: Path | None = None
+        self._metrics_dir: MultiprocessDir | None = None
+        self._metrics: MetricsListener | None = None
         self._reservation: socket.socket | None = None
         self._procs: dict[int, _Worker] = {}
         self._backoff = dict.fromkeys(range(workers), RESTART_BACKOFF[0])
@@ -145,11 +150,17 @@ class Supervisor:
         }
         try:
             worker_config = self._prepare()
+            if self.config.metrics_listen:  # before the spawns: workers inherit the variable
+                self._metrics_dir = MultiprocessDir()
             for index in range(self.workers):
                 self._spawn(index, worker_config)
             self._await_ready()
             if self._stopping:
                 return
+            if self._metrics_dir is not None:
+                self._metrics = start_listener(
+                    self.config.metrics_listen, multiprocess_dir=self._metrics_dir.path
+                )
             host = self.config.listen.rpartition(":")[0]
             pids = ", ".join(str(w.pid) for w in self._procs.values())
             log.info("broker serving on %s:%d with %d workers (pids %s)", host, self.port,
@@ -252,6 +263,8 @@ class Supervisor:
                         index, worker.pid or "?", worker.process.exitcode, delay,
                     )  # fmt: skip
                     restart_at[index] = now + delay
+                    if self._metrics_dir is not None and worker.pid:
+                        self._metrics_dir.worker_died(worker.pid)
                 elif now >= restart_at[index]:
                     del restart_at[index]
                     worker.conn.close()
@@ -278,6 +291,12 @@ class Supervisor:
             worker.conn.close()
 
     def _cleanup(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._metrics_dir is not None:
+            self._metrics_dir.remove()
+            self._metrics_dir = None
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
