@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -124,24 +124,20 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    overlays: Sequence[Path] = (),
 ) -> Config:
-    """Read ``path`` (optional), apply environment then explicit overrides, validate."""
+    """Read ``path`` (optional), merge the overlays (``overlays``, then the files named in
+    ``BROKER_OVERLAY``, separated by ``os.pathsep``) over it, apply environment then explicit
+    overrides, validate. Relative paths resolve against the main file's folder."""
     data: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError("config", f"file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError("config", f"{path} must hold a mapping at the top level")
-        data = loaded
+        data = _read_yaml(path)
         base = path.resolve().parent
     env = os.environ if env is None else env
+    named = [Path(p) for p in env.get("BROKER_OVERLAY", "").split(os.pathsep) if p.strip()]
+    for overlay in (*overlays, *named):
+        data = _merged(data, _read_yaml(overlay))
     for var, dotted in ENV_OVERRIDES.items():
         if env.get(var) or (var in EMPTY_MEANS_OFF and var in env):
             value: Any = env[var]
@@ -152,6 +148,33 @@ def load_config(
         if value is not None:
             _set_dotted(data, dotted, value)
     return _validate(data, base)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError("config", f"{path} must hold a mapping at the top level")
+    return loaded
+
+
+def _merged(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        old = out.get(key)
+        out[key] = (
+            _merged(old, value)
+            if isinstance(old, Mapping) and isinstance(value, Mapping)
+            else value
+        )
+    return out
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -24,6 +24,7 @@ from broker.app.audit import Auditor
 from broker.app.keyring import SigningKeys
 from broker.app.ports import KeyProvider, Quotas, Store
 from broker.app.secrets import SecretBroker
+from broker.app.tracing import traced, traced_call
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.record import AuditEvent
@@ -197,7 +198,7 @@ class Broker:
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
             policy_request = replace(policy_request, approved=True)
-        decision = self.policy.decide(policy_request)
+        decision = traced_call("policy", self.policy.decide, policy_request)
         ids = tuple(decision.policy_ids)
         if decision.effect is Effect.DENY:
             self._audit_decision(peer, task, server, req, "deny", ids)
@@ -246,8 +247,8 @@ class Broker:
             taint=task.taint.label,
             act=_act_claim(task.act),
         )
-        token = await mint_token_async(claims, self.keys)  # the port never blocks the loop
-        await self.store.record_credential(
+        token = await traced("sign", mint_token_async(claims, self.keys))  # never blocks the loop
+        await traced("store", self.store.record_credential(
             CredentialRecord(
                 jti=jti,
                 task_id=task.task_id,
@@ -261,7 +262,7 @@ class Broker:
             ),
             quotas=self.limits.quotas,
             now=now,
-        )
+        ))  # fmt: skip
         if approval is not None:
             # Used up only once the credential is signed and recorded, so that a failure of
             # either does not burn the operator's approval. If this fails (a concurrent retry

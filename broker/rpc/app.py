@@ -39,6 +39,7 @@ from broker.rpc.identity import IdentityInterceptor
 from broker.rpc.metrics import MetricsInterceptor, sample_live_tasks
 from broker.rpc.servicers import AgentServicer, VerifierServicer
 from broker.rpc.tls import ReloadingServerCredentials
+from broker.rpc.tracing import TracingInterceptor
 
 if TYPE_CHECKING:
     from broker.adapters.vault.runtime import VaultRuntime
@@ -153,7 +154,11 @@ class BrokerServer:
         c = self.components
         options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor(), IdentityInterceptor(self.config.trust_domain)],
+            interceptors=[
+                MetricsInterceptor(),
+                TracingInterceptor(),
+                IdentityInterceptor(self.config.trust_domain),
+            ],
             options=options,
         )
         # the generated registration functions are untyped

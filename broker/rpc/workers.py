@@ -327,12 +327,13 @@ def _reserve_port(host: str) -> socket.socket:
 
 def worker_main(config: Config, index: int, conn: Connection, parent_pid: int) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter)."""
-    from broker.adapters.logs import setup_logging
+    from broker.adapters.logs import formatter, set_process_fields, setup_logging
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
+    set_process_fields(worker=index)
     fmt = f"%(asctime)s %(levelname)s %(name)s [worker {index} pid %(process)d]: %(message)s"
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
+        handler.setFormatter(formatter(config.log_format, fmt))
     try:
         asyncio.run(_serve(config, conn, parent_pid))
     except BaseException as exc:  # tell the parent why, then exit non-zero
