@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 SERVING = re.compile(r"serving on 127\.0\.0\.1:(\d+)")
@@ -95,9 +95,13 @@ def serve_env(pki: Path, **overrides: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serving(config: Path, env: Mapping[str, str], *args: str) -> Iterator[Served]:
+def serving(
+    config: Path, env: Mapping[str, str], *args: str, wrapper: Sequence[str] = ()
+) -> Iterator[Served]:
+    """`broker serve --config CONFIG ARGS`, run by ``wrapper`` (a command taking it after
+    ``--``) if given."""
     proc = subprocess.Popen(
-        [*broker_command(), "serve", "--config", str(config), *args],
+        [*wrapper, *broker_command(), "serve", "--config", str(config), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
