@@ -28,6 +28,7 @@ import base64
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import orjson
 
@@ -55,8 +56,10 @@ class SigningKeys:
         max_token_ttl: float,
         margin: float = DEFAULT_PUBLISH_MARGIN,
         replica: str = "",
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
+        self._monotonic = monotonic
         self._store = store
         self._clock = clock
         self._lease = max_token_ttl + margin
@@ -66,9 +69,9 @@ class SigningKeys:
         self._cache: tuple[tuple[str, ...], KeySet] | None = None
         self._published: tuple[tuple[str, bool], ...] = ()  # what we published last
         self._published_at = -math.inf
-        self._synced_at = -math.inf  # time.monotonic() of the last read of the store
+        self._synced_at = -math.inf  # self._monotonic() of the last read of the store
         self._looked_up_at = -math.inf  # ... of the last look-up of an unknown kid
-        self._refresh_due = -math.inf  # time.monotonic() of the next provider refresh
+        self._refresh_due = -math.inf  # self._monotonic() of the next provider refresh
 
     # -- reads (memory only) ----------------------------------------------------------------
 
@@ -119,9 +122,9 @@ class SigningKeys:
         kid = _peek_kid(token)
         if kid is None or kid in keys:
             return keys
-        if time.monotonic() - self._looked_up_at < SYNC_MIN_AGE:
+        if self._monotonic() - self._looked_up_at < SYNC_MIN_AGE:
             return keys
-        self._looked_up_at = time.monotonic()
+        self._looked_up_at = self._monotonic()
         now = self._clock.now()
         try:
             if not self.provider.shared:
@@ -164,8 +167,8 @@ class SigningKeys:
         """Housekeeping (every few seconds): refresh the provider when its interval is due,
         publish this replica's keys when they changed or their lease needs renewing, read the
         other replicas' keys. Each step's failure is logged; the next round retries."""
-        if time.monotonic() >= self._refresh_due:
-            self._refresh_due = time.monotonic() + self.provider.refresh_interval
+        if self._monotonic() >= self._refresh_due:
+            self._refresh_due = self._monotonic() + self.provider.refresh_interval
             try:
                 await self.provider.refresh(now)
             except Exception as exc:  # noqa: BLE001 - housekeeping survives anything
@@ -213,7 +216,7 @@ class SigningKeys:
                     self._bad.add(pub.kid)
                     log.warning("ignoring a malformed published signing key: %s", exc)
         self._others = tuple(found)
-        self._synced_at = time.monotonic()
+        self._synced_at = self._monotonic()
 
 
 def _peek_kid(token: str) -> str | None:
