@@ -19,9 +19,9 @@ published, so an operator who raises it in Vault withdraws a compromised version
 
 Signing (``sign``, ``broker.adapters.vault.transit_sign``) never blocks the event loop: requests
 run in the Vault client's threads, and concurrent mints are coalesced into one Transit
-``batch_input`` request. ``public_jwks``, ``keys``, ``alg`` and ``active_kid`` read memory only;
-``rotate`` and ``refresh`` talk to Vault from the client's threads (their ``*_blocking`` twins
-are for tools). The broker calls ``refresh`` every ``vault.transit.refresh_seconds``.
+``batch_input`` request. ``public_jwks``, ``list_keys``, ``alg`` and ``active_kid`` read memory
+only; ``rotate`` and ``refresh`` talk to Vault from the client's threads (their ``*_blocking``
+twins are for tools). The broker calls ``refresh`` every ``vault.transit.refresh_seconds``.
 """
 
 from __future__ import annotations
