@@ -6,8 +6,9 @@ Span: name ``Service/Method`` (``AgentService/RequestCredential``), kind SERVER,
 ``rpc.system=grpc``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code`` and, on a
 refusal, the reason code as the span status description. The use case's steps are its children
 (``broker.app.tracing``: policy, sign, store). Streams (the revocation feed, audit tail) are not
-traced: they last as long as the subscriber. Without an OpenTelemetry SDK configured the spans
-are no-ops; docs/operations.md ("Traces") says how to export them.
+traced: they last as long as the subscriber. Without an OpenTelemetry SDK configured no span is
+started (``broker.app.tracing.tracing_enabled``); docs/operations.md ("Traces") says how to
+export them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from broker.adapters.logs import log_context
+from broker.app.tracing import tracing_enabled
 from broker.rpc.metrics import method_label, reason_of
 
 log = logging.getLogger("broker.rpc.calls")
@@ -56,6 +58,13 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         inner = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if not tracing_enabled():  # no SDK: no span, the log context only
+                with log_context(method=method):
+                    started = time.perf_counter()
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        _finish(None, context, method, time.perf_counter() - started)
             attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
             with tracer.start_as_current_span(
                 method,
@@ -83,13 +92,14 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 
 def _finish(
-    span: trace.Span, context: grpc.aio.ServicerContext, method: str, elapsed: float
+    span: trace.Span | None, context: grpc.aio.ServicerContext, method: str, elapsed: float
 ) -> None:
     code = context.code()
     value = code.value[0] if isinstance(code, grpc.StatusCode) else int(code or 0)
-    span.set_attribute("rpc.grpc.status_code", value)
     reason = reason_of(context.details()) if value else ""
-    if value != 0:
-        span.set_status(Status(StatusCode.ERROR, reason or str(code)))
+    if span is not None:
+        span.set_attribute("rpc.grpc.status_code", value)
+        if value != 0:
+            span.set_status(Status(StatusCode.ERROR, reason or str(code)))
     if log.isEnabledFor(logging.DEBUG):  # the access log, at debug level
         log.debug("%s: status %d %s in %.2f ms", method, value, reason, elapsed * 1000)

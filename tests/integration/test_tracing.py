@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -32,12 +32,27 @@ ARGS = {"query": "traces"}
 _EXPORTER = InMemorySpanExporter()
 
 
+class _Gated(SimpleSpanProcessor):
+    """Keeps spans only while a test of this module runs: OpenTelemetry allows one global
+    provider per process, and later tests must not fill the exporter."""
+
+    recording = False
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.recording:
+            super().on_end(span)
+
+
+_PROCESSOR = _Gated(_EXPORTER)
+
+
 @pytest.fixture(scope="module")
 def exporter() -> InMemorySpanExporter:
-    """The SDK, installed once for the process (OpenTelemetry allows one global provider)."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-    trace.set_tracer_provider(provider)
+    """The SDK, installed once for the process."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(_PROCESSOR)
+        trace.set_tracer_provider(provider)
     assert app_tracer is not None and rpc_tracer is not None  # proxies: they follow the provider
     return _EXPORTER
 
@@ -45,8 +60,12 @@ def exporter() -> InMemorySpanExporter:
 @pytest.fixture
 def spans(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
     exporter.clear()
-    yield exporter
-    exporter.clear()
+    _PROCESSOR.recording = True
+    try:
+        yield exporter
+    finally:
+        _PROCESSOR.recording = False
+        exporter.clear()
 
 
 async def test_one_request_credential_is_one_trace_with_its_steps(
