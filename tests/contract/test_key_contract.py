@@ -104,6 +104,10 @@ async def test_the_active_key_signs_and_its_signature_verifies(provider: KeyProv
     KeySet.from_jwks({"keys": provider.public_jwks()}).get(kid).verify(data, signature)
     assert provider.alg == ES256
     assert provider.refresh_interval > 0
+    if isinstance(provider, TransitKeyProvider):  # vault.transit.refresh_seconds, as configured
+        assert provider.refresh_interval == 7 and provider.shared
+    else:  # process-local keys: published in the store by the broker (broker.app.keyring)
+        assert not provider.shared
 
 
 async def test_only_the_active_key_signs(provider: KeyProvider) -> None:
