@@ -64,6 +64,7 @@ class Config:
     issuer: str = ""  # default: spiffe://TRUST_DOMAIN/broker
     token_alg: str = "ES256"  # noqa: S105 - an algorithm name, not a secret
     keys_dir: Path | None = None  # None: ephemeral keys (dev only)
+    share_keys: bool = True  # publish/read public keys through the store (broker.app.keyring)
     leeway_seconds: float = 5.0
     task_max_ttl: float = 3600.0
     task_default_ttl: float = 900.0
@@ -97,7 +98,7 @@ _KNOWN: dict[str, tuple[str, ...] | None] = {
     "workers": None,
     "metrics": ("listen",),
     "tls": ("cert", "key", "bundle"),
-    "tokens": ("alg", "keys_dir", "leeway_seconds"),
+    "tokens": ("alg", "keys_dir", "leeway_seconds", "share_keys"),
     "tasks": ("max_ttl_seconds", "default_ttl_seconds", "max_delegation_depth"),
     "quotas": ("per_task", "per_agent"),
     "store_options": ("timeout_seconds",),
@@ -261,6 +262,9 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
         if keys_dir_raw
         else None
     )
+    share_keys = tokens.get("share_keys", True)
+    if not isinstance(share_keys, bool):
+        raise ConfigError("tokens.share_keys", f"must be true or false, got {share_keys!r}")
     tasks = _section(data, "tasks")
     max_ttl = _num(tasks, "max_ttl_seconds", "tasks.max_ttl_seconds", 3600, 1)
     default_ttl = _num(tasks, "default_ttl_seconds", "tasks.default_ttl_seconds", 900, 1)
@@ -301,6 +305,7 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
         store=_str(data, "store", "store", "memory://"),
         token_alg=alg,
         keys_dir=keys_dir,
+        share_keys=share_keys,
         leeway_seconds=_num(tokens, "leeway_seconds", "tokens.leeway_seconds", 5, 0),
         task_max_ttl=max_ttl,
         task_default_ttl=default_ttl,

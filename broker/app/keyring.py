@@ -14,7 +14,8 @@ time until which each must stay published:
 
 Private keys never leave their process (or Vault). A provider whose keys are already shared
 (``KeyProvider.shared``: Vault Transit) publishes nothing: every replica reads Vault, and an
-operator who withdraws a version there withdraws it everywhere.
+operator who withdraws a version there withdraws it everywhere. ``tokens.share_keys: false``
+turns sharing off (replicas then need one key source: a shared ``keys_dir`` or Transit).
 
 Trust: whoever can write the store can add a verification key (as they can already end tasks
 or un-consume nothing: the store is part of the trusted base; docs/operations.md says how to
@@ -57,8 +58,12 @@ class SigningKeys:
         margin: float = DEFAULT_PUBLISH_MARGIN,
         replica: str = "",
         monotonic: Callable[[], float] = time.monotonic,
+        share: bool = True,
     ) -> None:
         self.provider = provider
+        # publish and read keys through the store: not for a shared provider (Transit), nor
+        # when the operator turned it off (tokens.share_keys: false)
+        self.sharing = share and not provider.shared
         self._monotonic = monotonic
         self._store = store
         self._clock = clock
@@ -127,7 +132,7 @@ class SigningKeys:
         self._looked_up_at = self._monotonic()
         now = self._clock.now()
         try:
-            if not self.provider.shared:
+            if self.sharing:
                 await self.sync(now)
             if kid not in self.keyset():
                 await self.provider.refresh(now)
@@ -148,7 +153,7 @@ class SigningKeys:
         return self.public_jwks()
 
     async def _sync_for_reader(self) -> None:
-        if not self.provider.shared:
+        if self.sharing:
             try:
                 await self.sync(self._clock.now())
             except BrokerError as exc:  # answer with what is known; the next call retries
@@ -173,7 +178,7 @@ class SigningKeys:
                 await self.provider.refresh(now)
             except Exception as exc:  # noqa: BLE001 - housekeeping survives anything
                 log.warning("refreshing the signing keys failed: %s", _why(exc))
-        if self.provider.shared:
+        if not self.sharing:
             return
         try:
             await self.publish(now)
@@ -183,7 +188,7 @@ class SigningKeys:
 
     async def publish(self, now: float, *, force: bool = False) -> None:
         """Publish this replica's public keys (nothing for a shared provider)."""
-        if self.provider.shared:
+        if not self.sharing:
             return
         infos = self.provider.list_keys()
         shape = tuple((info.kid, info.retired_at is None) for info in infos)

@@ -100,6 +100,7 @@ def build_components(
             clock,
             max_token_ttl=float(max(TIER_MAX_TTL.values())),
             replica=replica_name(),
+            share=config.share_keys,
         ),
     )
     return Components(broker=broker, tls=ReloadingServerCredentials(config.tls), vault=vault)
@@ -141,8 +142,11 @@ def _build_vault(
 
 
 class BrokerServer:
-    def __init__(self, config: Config, components: Components) -> None:
+    def __init__(
+        self, config: Config, components: Components, *, sample_live_tasks: bool = True
+    ) -> None:
         self.config = config
+        self.sample_live_tasks = sample_live_tasks  # broker_live_tasks: one worker samples
         self.components = components
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -199,7 +203,8 @@ class BrokerServer:
         sampled = -sample_every
         while True:
             try:
-                if asyncio.get_running_loop().time() - sampled >= sample_every:
+                due = asyncio.get_running_loop().time() - sampled >= sample_every
+                if self.sample_live_tasks and due:
                     sampled = asyncio.get_running_loop().time()
                     await sample_live_tasks(broker.store, broker.clock.now())
             except Exception as exc:  # noqa: BLE001 - a metric is not worth a log storm

@@ -335,7 +335,7 @@ def worker_main(config: Config, index: int, conn: Connection, parent_pid: int) -
     for handler in logging.getLogger().handlers:
         handler.setFormatter(formatter(config.log_format, fmt))
     try:
-        asyncio.run(_serve(config, conn, parent_pid))
+        asyncio.run(_serve(config, conn, parent_pid, index))
     except BaseException as exc:  # tell the parent why, then exit non-zero
         message = exc.message if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, ValueError):
@@ -347,14 +347,16 @@ def worker_main(config: Config, index: int, conn: Connection, parent_pid: int) -
         conn.close()
 
 
-async def _serve(config: Config, conn: Connection, parent_pid: int) -> None:
+async def _serve(config: Config, conn: Connection, parent_pid: int, index: int) -> None:
     from broker.rpc.app import BrokerServer, build_components
     from broker.rpc.run import open_audit, open_store
 
     store = await open_store(config)
     try:
         auditor = open_audit(config, store)
-        server = BrokerServer(config, build_components(config, store=store, auditor=auditor))
+        components = build_components(config, store=store, auditor=auditor)
+        # one worker samples the store for broker_live_tasks: the same count N times is waste
+        server = BrokerServer(config, components, sample_live_tasks=index == 0)
         port = await server.start(reuse_port=True)
         conn.send(("ready", os.getpid(), port))
         stop = asyncio.Event()

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broker._proto.broker.v1 import admin_pb2, admin_pb2_grpc
 from broker.adapters.audit.sinks import read_json_lines
+from broker.rpc.metrics import sample_live_tasks
 from broker.rpc.metrics_http import MetricsListener, start_listener
 from tests.integration.conftest import DEV, Running, channel, start_broker
 from tests.integration.helpers import Agent, Server, reason_of
@@ -103,7 +104,10 @@ async def test_counters_move_with_each_outcome(served: tuple[Running, MetricsLis
     assert moved(before, after, "broker_rpcs_total", method=begin, code="OK") == 2
     assert moved(before, after, "broker_rpcs_total", method=begin, code="PERMISSION_DENIED") == 1
     assert ("broker_store_errors_total", ()) in after
-    assert ("broker_live_tasks", ()) in after
+    # live tasks: the one waiting for an approval (the other was revoked); sampled from the
+    # store every 15 s by the housekeeping loop, here at once
+    assert await sample_live_tasks(running.store, running.clock.now()) == 1
+    assert value(scrape(listener.url), "broker_live_tasks") == 1
 
 
 async def test_a_taken_port_leaves_the_broker_without_metrics_not_down() -> None:

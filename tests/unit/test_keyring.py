@@ -104,6 +104,18 @@ async def test_a_shared_provider_publishes_nothing() -> None:
     assert await store.published_keys(clock.now()) == []
 
 
+async def test_sharing_turned_off_neither_publishes_nor_reads() -> None:
+    store, clock, ticks = MemoryStore(), FakeClock(T0), Ticks()
+    other = replica(store, clock, "other", ticks)
+    await other.maintain(clock.now())
+    keys = SigningKeys(
+        LocalKeyProvider(now=clock.now()), store, clock, max_token_ttl=MAX_TTL, share=False
+    )
+    await keys.maintain(clock.now())
+    assert [k.kid for k in await store.published_keys(clock.now())] == [other.provider.active_kid()]
+    assert set(keys.keyset()) == {keys.provider.active_kid()}
+
+
 async def test_a_malformed_published_key_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
     store, clock, ticks = MemoryStore(), FakeClock(T0), Ticks()
     a, b = replica(store, clock, "a", ticks), replica(store, clock, "b", ticks)
