@@ -34,6 +34,9 @@ class OnlineVerifier(BaseVerifier):
     mode = "online"
 
     async def authenticate(self, token: str) -> TokenClaims:
+        return await self._counted(self._authenticate(token))
+
+    async def _authenticate(self, token: str) -> TokenClaims:
         """Local checks, then the broker's, without consuming (``check_only``): a credential
         already used, of an ended or revoked task, or under a kill switch is refused here too,
         so that no request of a session outlives it."""
@@ -65,6 +68,18 @@ class OnlineVerifier(BaseVerifier):
         arguments: Mapping[str, Any] | None = None,
         args_sha256: str | None = None,
         presenter_cert_sha256: str | None = None,
+    ) -> VerifiedCall:
+        return await self._counted(
+            self._verify(token, tool, arguments, args_sha256, presenter_cert_sha256)
+        )
+
+    async def _verify(
+        self,
+        token: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None,
+        args_sha256: str | None,
+        presenter_cert_sha256: str | None,
     ) -> VerifiedCall:
         digest = call_digest(arguments, args_sha256)
         try:
