@@ -185,6 +185,7 @@ def start_broker(
         # The load comes from one agent identity: lift its cap on live credentials (the per-task
         # cap stays at its default; the load spreads over many tasks).
         "quotas": {"per_agent": per_agent_quota},
+        "tasks": {"max_live_per_agent": 1_000_000},  # likewise its cap on live tasks
         "audit": {"sinks": [f"jsonl:{directory / 'audit.jsonl'}"]},
         "log_level": "warning",
     }

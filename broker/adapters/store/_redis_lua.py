@@ -306,3 +306,66 @@ end
 redis.call('HSET', KEYS[1], s .. ':s', '4', s .. ':u', ARGV[3])
 return {1, r[1], '4', r[3], ARGV[3]}
 """
+
+# One round trip per mint, for a single Redis (or Sentinel), where a script may touch keys of
+# several slots: the per-agent quota reservation, the MINT steps and the read of the kill switches
+# in ONE script. (On a Redis Cluster they are three scripts on three slots: see redis.py.)
+# KEYS: task, creds, live, tg, kids, agent quota hash, blocks hash
+# ARGV: MINT's nine, then per-agent limit, bucket of the new credential, released buckets...
+# -> MINT's answers, plus {"AQUOTA", live} when the agent's quota is full; OK also carries the
+#    blocks hash (flat HGETALL) as its fifth element. Nothing is written unless the answer is OK
+#    (the released buckets are released whatever the answer).
+MINT_ONE = (
+    "#!lua"
+    + _RELEASE_FN
+    + """
+release(KEYS[6], 12)
+local t = redis.call('HMGET', KEYS[1], 'st', 'exp', 'ret', 'tn', 'ac', 'cr')
+if not t[1] then return {'NOTFOUND'} end
+if t[1] ~= '1' then return {'ENDED', t[1]} end
+local now = tonumber(ARGV[4])
+if now >= tonumber(t[2]) then return {'ENDED', '4'} end
+if ARGV[9] ~= '' and tonumber(t[4]) > tonumber(ARGV[9]) then return {'TAINT', t[4]} end
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
+local n = redis.call('ZCARD', KEYS[3])
+if n >= tonumber(ARGV[5]) then return {'QUOTA', n} end
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
+local idx = redis.call('LPOS', KEYS[4], ARGV[6])
+local new_target = false
+if not idx then
+  idx = redis.call('LLEN', KEYS[4])
+  if idx > 65535 then return {'TARGETS'} end
+  new_target = true
+end
+local all = redis.call('HGETALL', KEYS[6])
+local a = 0
+for i = 1, #all, 2 do
+  if tonumber(all[i]) <= now then redis.call('HDEL', KEYS[6], all[i])
+  else a = a + tonumber(all[i + 1]) end
+end
+if a >= tonumber(ARGV[10]) then return {'AQUOTA', a} end
+redis.call('HINCRBY', KEYS[6], ARGV[11], 1)
+local qttl = math.max(1000, math.ceil((tonumber(ARGV[11]) - now) * 1000))
+if redis.call('PTTL', KEYS[6]) < qttl then redis.call('PEXPIRE', KEYS[6], qttl) end
+if new_target then redis.call('RPUSH', KEYS[4], ARGV[6]) end
+redis.call('HSET', KEYS[2], ARGV[1], '0' .. struct.pack('<H', idx) .. ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
+local ret = t[3]
+if tonumber(ARGV[3]) > tonumber(ret) then
+  ret = ARGV[3]
+  redis.call('HSET', KEYS[1], 'ret', ret)
+end
+local ttl = math.max(1000, math.ceil((tonumber(ret) - now) * 1000))
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ttl) end
+return {'OK', ret, t[5] or '', t[6] or '0', redis.call('HGETALL', KEYS[7])}
+"""
+)
+
+# CONSUME and the read of the kill switches in one round trip (single Redis, as MINT_ONE).
+# KEYS: task, creds, live, tg, blocks     ARGV: field
+# -> CONSUME's answers; OK also carries the blocks hash (flat HGETALL) as its sixth element
+CONSUME_ONE = CONSUME.replace(
+    "return {1, t[2], v, target, t[3] or ''}",
+    "return {1, t[2], v, target, t[3] or '', redis.call('HGETALL', KEYS[5])}",
+)
+assert CONSUME_ONE != CONSUME

@@ -145,8 +145,14 @@ class RedisStore:
         self._r = client
         self._ns = namespace
         self._guard = Guard(where, deadline)
+        # A single Redis runs the hot steps in one round trip each (MINT_ONE, CONSUME_ONE: keys
+        # of several slots in one script); a cluster cannot, and keeps one script per slot.
+        self._one_trip = not isinstance(client, RedisCluster)
         self._mint = client.register_script(lua.MINT)
+        self._mint_one = client.register_script(lua.MINT_ONE)
         self._consume = client.register_script(lua.CONSUME)
+        self._consume_one = client.register_script(lua.CONSUME_ONE)
+        self._blocks_seen: tuple[tuple[bytes, ...], list[Block]] = ((), [])
         self._block_put = client.register_script(lua.BLOCK_PUT)
         self._cap = client.register_script(lua.CAP_RESERVE)
         self._reserve = client.register_script(lua.RESERVE)
@@ -496,6 +502,9 @@ class RedisStore:
             raise InvalidRequest("jti", f"expected {tid}. followed by 22 base64url characters")
         exp, exp_ms = fnum(cred.expires_at), ms(cred.expires_at)
         bucket = quota_bucket(exp_ms)
+        if self._one_trip:
+            await self._record_one(cred, quotas, now, taint, field, exp, exp_ms, bucket)
+            return
         # 1. Reserve the per-agent quota (the agent's slot), releasing lazily consumed ones.
         releasing = self._pending.pop(cred.agent, [])
         ok, live = await self._run(
@@ -552,17 +561,90 @@ class RedisStore:
         if block is not None:
             raise refusal(block, now, tid)
         if first:  # keep the server index entry as long as the task is retained
-            try:
-                await self._run(
-                    self._index_server,
-                    [self._server_index(cred.server)],
-                    [tid, _s(res[1]), fnum(now)],
+            await self._index_kept(pair, _s(res[1]), now)
+
+    async def _record_one(
+        self,
+        cred: CredentialRecord,
+        quotas: Quotas,
+        now: float,
+        taint: Taint | None,
+        field: str,
+        exp: str,
+        exp_ms: int,
+        bucket: str,
+    ) -> None:
+        """``_record_credential`` on a single Redis: the agent's quota, the record and the read
+        of the kill switches in one script (one round trip; two more the first time this process
+        records for a (task, server) pair, for the per-server index)."""
+        tid = cred.task_id
+        pair = (tid, cred.server)
+        first = pair not in self._indexed
+        if first:
+            await self._run(
+                self._index_server, [self._server_index(cred.server)], [tid, exp, fnum(now)]
+            )
+        releasing = self._pending.pop(cred.agent, [])
+        keys = self._task_keys(tid)
+        keys += (self._agent_quota(cred.agent), self._blocks_key())
+        res = await self._run(
+            self._mint_one,
+            keys,
+            [
+                field,
+                pack_credential(cred),
+                exp,
+                fnum(now),
+                quotas.per_task,
+                pack_target(cred.server, cred.tool),
+                exp_ms,
+                fnum(now * 1000),
+                "" if taint is None else int(taint),
+                quotas.per_agent,
+                bucket,
+                *releasing,
+            ],
+        )
+        status = _s(res[0])
+        if status != "OK":
+            if status == "TAINT":
+                raise TaintRose(Taint(int(res[1])))
+            if status == "AQUOTA":
+                raise QuotaExceeded(
+                    f"agent {cred.agent} holds {int(res[1])} live credentials "
+                    f"(limit {quotas.per_agent})"
                 )
-                self._indexed[pair] = None
-                if len(self._indexed) > _INDEXED_PAIRS:
-                    self._indexed.popitem(last=False)
-            except StoreUnavailable:  # the entry covers the credential's life; retried next mint
-                log.warning("could not extend the server index entry of task %s", tid)
+            raise _mint_refusal(status, res, cred, quotas)
+        # Kill switches, read by the same script after the record: the argument of
+        # _record_credential holds (a block written before the script refuses the credential;
+        # one written after it finds the credential recorded, and floors only rise).
+        if res[4]:
+            block = covering(
+                self._blocks_of(res[4], now),
+                agents=(cred.agent, *_chain(res[2])),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                task_created_at=float(res[3]),
+                now=now,
+            )
+            if block is not None:
+                raise refusal(block, now, tid)
+        if first:
+            await self._index_kept(pair, _s(res[1]), now)
+
+    async def _index_kept(self, pair: tuple[str, str], retain: str, now: float) -> None:
+        """Keep the server index entry of a (task, server) pair as long as the task."""
+        tid, server = pair
+        try:
+            await self._run(
+                self._index_server, [self._server_index(server)], [tid, retain, fnum(now)]
+            )
+            self._indexed[pair] = None
+            if len(self._indexed) > _INDEXED_PAIRS:
+                self._indexed.popitem(last=False)
+        except StoreUnavailable:  # the entry covers the credential's life; retried next mint
+            log.warning("could not extend the server index entry of task %s", tid)
 
     async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
         with self._guard.budget():  # two round trips (consume, blocks), one deadline
@@ -573,7 +655,10 @@ class RedisStore:
         if field is None:
             return ConsumeResult.UNKNOWN
         keys = self._task_keys(task_id)
-        res = await self._run(self._consume, keys[:4], [field])
+        if self._one_trip:  # the blocks are read by the consume script itself
+            res = await self._run(self._consume_one, [*keys[:4], self._blocks_key()], [field])
+        else:
+            res = await self._run(self._consume, keys[:4], [field])
         result = ConsumeResult(int(res[0]))
         if result is not ConsumeResult.OK:
             return result
@@ -582,7 +667,10 @@ class RedisStore:
         # Kill switches, read after the consume: a block written before this read refuses it;
         # one written after found the credential already used (floors only rise), so the
         # outcome is as if the block had been checked inside the consume.
-        blocks = await self.list_blocks(now)
+        if self._one_trip:
+            blocks: Sequence[Block] = self._blocks_of(res[5], now) if res[5] else []
+        else:
+            blocks = await self.list_blocks(now)
         if blocks:
             cred = unpack_credential(task_id, agent, field.encode(), res[2], res[3] or b'["",""]')
             if covering(
@@ -690,27 +778,17 @@ class RedisStore:
             raw: Any = await self._r.hgetall(self._blocks_key())
         if not raw:
             return []
-        fields = {_s(k): v for k, v in raw.items()}
-        out = []
-        for name, value in fields.items():
-            if name.startswith(("F:", "K:")) or "\n" not in name:
-                continue
-            kind, subject = name.split("\n", 1)
-            blocked, until, reason, by, created_at = orjson.loads(value)
-            block = Block(
-                kind=kind,
-                subject=subject,
-                floor=float(fields.get("F:" + name, b"0")),
-                blocked=bool(blocked),
-                until=float(until),
-                reason=str(reason),
-                by=str(by),
-                created_at=float(created_at),
-                keep_until=float(fields.get("K:" + name, b"0")),
-            )
-            if block.retained(now):
-                out.append(block)
-        return out
+        return _parse_blocks({_s(k): v for k, v in raw.items()}, now)
+
+    def _blocks_of(self, flat: Sequence[bytes], now: float) -> list[Block]:
+        """The blocks hash as a script returned it (flat HGETALL), parsed once per change."""
+        key = tuple(flat)
+        seen, parsed = self._blocks_seen
+        if key != seen:
+            fields = {_s(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+            parsed = _parse_blocks(fields, float("-inf"))  # every record; retention below
+            self._blocks_seen = (key, parsed)
+        return [b for b in parsed if b.retained(now)]
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -729,6 +807,30 @@ class RedisStore:
     async def close(self) -> None:
         self._feed.close()
         await self._r.aclose()
+
+
+def _parse_blocks(fields: dict[str, Any], now: float) -> list[Block]:
+    """The block records of the blocks hash (see ``_redis_lua.BLOCK_PUT``) retained at ``now``."""
+    out = []
+    for name, value in fields.items():
+        if name.startswith(("F:", "K:")) or "\n" not in name:
+            continue
+        kind, subject = name.split("\n", 1)
+        blocked, until, reason, by, created_at = orjson.loads(value)
+        block = Block(
+            kind=kind,
+            subject=subject,
+            floor=float(fields.get("F:" + name, b"0")),
+            blocked=bool(blocked),
+            until=float(until),
+            reason=str(reason),
+            by=str(by),
+            created_at=float(created_at),
+            keep_until=float(fields.get("K:" + name, b"0")),
+        )
+        if block.retained(now):
+            out.append(block)
+    return out
 
 
 def _chain(raw: object) -> tuple[str, ...]:
