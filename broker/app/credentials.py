@@ -16,6 +16,7 @@ import asyncio
 import base64
 import functools
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -88,6 +89,7 @@ log = logging.getLogger("broker.app.credentials")
 TASK_RETENTION = 600.0
 ENDED_BY_AGENT = "ended by its agent"  # the reason EndTask gives the feed, whatever the outcome
 REFUSALS_PER_MINUTE = 6000  # verifier.refusal records one MCP server may write (per replica)
+TASKS_CACHED = 4096  # task records a replica keeps for minting without a store read
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,10 @@ class Broker:
             keys, store, clock, max_token_ttl=float(max(TIER_MAX_TTL.values()))
         )
         self._refusals_written: dict[str, tuple[int, int]] = {}  # server -> (minute, records)
+        # Tasks as last read, for minting without reading them again: what a mint uses of a
+        # task never changes but its state and taint, and the store's record step checks both
+        # (TASK_ENDED, TaintRose), so a stale copy can only be refused there, never let through.
+        self._tasks: OrderedDict[str, TaskRecord] = OrderedDict()
 
     @property
     def registry(self) -> Registry:
@@ -260,10 +266,18 @@ class Broker:
         self, peer: PeerIdentity, req: CredentialRequest
     ) -> Granted | Pending:
         now = self.clock.now()
-        task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
+        owner = str(peer.spiffe_id)
+        task = self._tasks.get(req.task_id)
+        fresh = (
+            task is None or task.agent != owner or not task.is_live(now) or bool(req.approval_id)
+        )
+        if fresh or task is None:
+            task, fresh = await self._fresh_task(req.task_id, now, owner), True
         server = self.registry.server(req.server)
         tool = self.registry.tool(server, req.tool)
         in_plan = _in_plan(task, server, tool)
+        if not in_plan and not fresh:  # refused on the task's state first, as ever
+            task, fresh = await self._fresh_task(req.task_id, now, owner), True
         if not in_plan:
             self._audit_decision(peer, task, server, req, "deny", ("outside-plan",))
             raise PermissionDenied(
@@ -273,16 +287,39 @@ class Broker:
         approval: ApprovalRecord | None = None
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
-        # Taint only rises (clean -> untrusted -> suspect): at most two re-decisions.
-        for _ in range(len(Taint) - 1):
+        # Taint only rises (clean -> untrusted -> suspect): at most two re-decisions, and one
+        # more after a cached task turned out stale.
+        for _ in range(len(Taint)):
             try:
-                return await self._decide_and_mint(peer, task, server, tool, req, approval, now)
+                return await self._decide_and_mint(
+                    peer, task, server, tool, req, approval, now, fresh=fresh
+                )
             except TaintRose as rose:
                 # A ReportOutcome raised the task's taint between this decision and its record
                 # (which refused it, atomically): decide again at the new taint. The token
                 # signed at the old one is dropped, never handed out.
-                task = replace(task, taint=rose.taint)
-        return await self._decide_and_mint(peer, task, server, tool, req, approval, now)
+                if fresh:
+                    task = replace(task, taint=rose.taint)
+                    self._tasks[task.task_id] = task
+                else:  # a cached copy: read the task (its state may have changed too)
+                    task, fresh = await self._fresh_task(req.task_id, now, owner), True
+            except _NotAllowed:  # decided on a cached task: read it, then decide for real
+                task, fresh = await self._fresh_task(req.task_id, now, owner), True
+            except BrokerError as exc:
+                if exc.reason in (Reason.TASK_ENDED, Reason.TASK_NOT_FOUND):
+                    self._tasks.pop(req.task_id, None)
+                raise
+        return await self._decide_and_mint(peer, task, server, tool, req, approval, now, fresh=True)
+
+    async def _fresh_task(self, task_id: str, now: float, owner: str) -> TaskRecord:
+        """The task as the store has it now (refused if it is not the caller's or not live),
+        kept for the next mints of the task."""
+        self._tasks.pop(task_id, None)
+        task = await self._task(task_id, now, owner=owner)
+        self._tasks[task_id] = task
+        if len(self._tasks) > TASKS_CACHED:
+            self._tasks.popitem(last=False)
+        return task
 
     async def _decide_and_mint(
         self,
@@ -293,11 +330,17 @@ class Broker:
         req: CredentialRequest,
         approval: ApprovalRecord | None,
         now: float,
+        *,
+        fresh: bool,
     ) -> Granted | Pending:
+        """``fresh``: ``task`` was read from the store for this call; else it is a cached copy,
+        and anything but an allow is decided again on the task as the store has it."""
         policy_request = _policy_request(task, server, tool, task.taint, now, in_plan=True)
         if approval is not None:
             policy_request = replace(policy_request, approved=True)
         decision = traced_call("policy", self.policy.decide, policy_request)
+        if decision.effect is not Effect.ALLOW and not fresh:
+            raise _NotAllowed
         ids = tuple(decision.policy_ids)
         if decision.effect is Effect.DENY:
             self._audit_decision(peer, task, server, req, "deny", ids)
@@ -790,6 +833,10 @@ class Broker:
         self.audit.record(
             AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )
+
+
+class _NotAllowed(Exception):
+    """Policy did not allow a call decided on a cached task: decide again on a fresh read."""
 
 
 async def _with_retry(
