@@ -71,7 +71,7 @@ class VerifierSettings:
     start_timeout: float = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VerifiedCall:
     """A tool call whose credential verified (and, for ``verify``, was consumed)."""
 
@@ -290,7 +290,13 @@ class BaseVerifier:
         return self._verify_with(self.keys.keys, token, tool, digest, presenter)
 
     def _verify_with(
-        self, keys: KeySet, token: str, tool: str, digest: str, presenter: str | None
+        self,
+        keys: KeySet,
+        token: str,
+        tool: str,
+        digest: str,
+        presenter: str | None,
+        now: float | None = None,
     ) -> TokenClaims:
         return verify_token(
             token,
@@ -298,7 +304,7 @@ class BaseVerifier:
             allowed_algs=self.settings.algorithms,
             issuer=self.issuer,
             audience=self.identity,
-            now=self.clock.now(),
+            now=self.clock.now() if now is None else now,
             leeway=self.settings.leeway,
             tool=tool,
             args_sha256=digest,

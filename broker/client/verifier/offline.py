@@ -75,6 +75,10 @@ PRUNE_EVERY = 1.0  # seconds between prunings of the revocation state
 REPORT_EVERY = 1.0  # seconds between reports of refusals to the broker
 
 
+class _UnknownKey(Exception):
+    """The token's kid is not in the cached key set: take the path that refreshes them."""
+
+
 class OfflineVerifier(BaseVerifier):
     """Verifies credentials locally; follows the broker's revocation feed in the background."""
 
@@ -183,9 +187,54 @@ class OfflineVerifier(BaseVerifier):
         args_sha256: str | None = None,
         presenter_cert_sha256: str | None = None,
     ) -> VerifiedCall:
-        return await self._counted(
-            self._verify(token, tool, arguments, args_sha256, presenter_cert_sha256)
-        )
+        # The common case in one synchronous pass (no coroutine per step); a kid not in the
+        # cached key set takes the general path, which refreshes the keys (and counts).
+        try:
+            call = self._verify_cached_keys(
+                token, tool, arguments, args_sha256, presenter_cert_sha256
+            )
+        except _UnknownKey:
+            return await self._counted(
+                self._verify(token, tool, arguments, args_sha256, presenter_cert_sha256)
+            )
+        except BaseException as exc:
+            self._count(exc)
+            raise
+        self._count(None)
+        return call
+
+    def _verify_cached_keys(
+        self,
+        token: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None,
+        args_sha256: str | None,
+        presenter_cert_sha256: str | None,
+    ) -> VerifiedCall:
+        """``_verify`` with the key set at hand; raises ``_UnknownKey`` (nothing noted) if the
+        token's kid is not in it."""
+        claims: TokenClaims | None = None
+        now = self.clock.now()
+        try:
+            self.freshness.check(self.monotonic())
+            digest = call_digest(arguments, args_sha256)
+            presenter = presenter_thumbprint(presenter_cert_sha256)
+            try:
+                claims = self._verify_with(self.keys.keys, token, tool, digest, presenter, now)
+            except Unauthenticated as exc:
+                if exc.reason is Reason.UNKNOWN_KEY:
+                    raise _UnknownKey from None
+                raise
+            self.revocations.check(claims, now)
+            if not self.replay.consume(claims.jti, float(claims.exp), now):
+                raise Unauthenticated(
+                    "credential was already used: it verifies once", Reason.REPLAYED
+                )
+        except Unauthenticated as exc:
+            self._note(exc, claims, tool)
+            raise
+        self._maybe_refresh_keys()
+        return call_of(claims, self.mode)
 
     async def _verify(
         self,

@@ -282,3 +282,78 @@ async def _sign_with_active_key_async(payload: dict[str, Any], signer: AsyncSign
     kid = signer.active_kid()
     header = {"alg": signer.alg, "typ": TOKEN_TYPE, "kid": kid}
     return await sign_compact_async(header, payload, partial(signer.sign, kid))
+
+
+_new = object.__new__
+_set = object.__setattr__
+_DETAIL_FIELDS = ("server", "tool", "action", "args_sha256", "resource", "type")
+_CLAIM_FIELDS = (
+    "iss", "sub", "aud", "iat", "nbf", "exp", "jti", "task",
+    "authorization_details", "cnf_x5t_s256", "tier", "taint", "act",
+)  # fmt: skip
+
+
+def checked_claims(payload: Mapping[str, Any]) -> TokenClaims | None:
+    """The claims of ``payload`` in ONE pass, or None where ``from_payload`` would refuse it (or
+    might: anything unusual is left to it, which names the problem).
+
+    For the verification path, which has checked the signature and compares iss, aud, tool,
+    the digest and the times itself: every check of ``__post_init__`` is made here, once, and
+    the objects are built without running them a second time."""
+    try:
+        iss, sub, aud, jti, task = (
+            payload["iss"], payload["sub"], payload["aud"], payload["jti"], payload["task"]
+        )  # fmt: skip
+        if not (
+            type(iss) is str and iss and type(sub) is str and sub and type(aud) is str and aud
+            and type(task) is str and task and type(jti) is str and _JTI.fullmatch(jti)
+        ):  # fmt: skip
+            return None
+        iat, nbf, exp, tier, taint = (
+            payload["iat"], payload["nbf"], payload["exp"], payload["tier"], payload["taint"]
+        )  # fmt: skip
+        if not (
+            type(iat) is int and type(nbf) is int and type(exp) is int
+            and 0 <= iat < exp <= MAX_TIMESTAMP and 0 <= nbf < exp
+            and type(tier) is int and 0 <= tier <= MAX_TIER
+            and type(taint) is str and taint in TAINTS
+        ):  # fmt: skip
+            return None
+        details, cnf = payload["authorization_details"], payload["cnf"]
+        if type(details) is not list or len(details) != 1 or type(cnf) is not dict:
+            return None
+        d = details[0]
+        if type(d) is not dict or not d.keys() <= _DETAIL_MEMBERS or len(cnf) != 1:
+            return None
+        server, tool, action, digest = d["server"], d["tool"], d["action"], d["args_sha256"]
+        thumbprint = cnf["x5t#S256"]
+        if not (
+            d["type"] == DETAIL_TYPE and type(server) is str and server
+            and type(tool) is str and tool and type(action) is str and action in ACTIONS
+            and type(digest) is str and _SHA256_HEX.fullmatch(digest)
+            and type(thumbprint) is str and _X5T_S256.fullmatch(thumbprint)
+        ):  # fmt: skip
+            return None
+        resource = d.get("resource")
+        if "resource" in d and not (type(resource) is str and resource):
+            return None
+        act = payload.get("act")
+        if "act" in payload:
+            if act is None:
+                return None
+            _delegation_chain(act)
+    except (KeyError, ValueError, TypeError):
+        return None
+    detail = _new(AuthorizationDetail)
+    for name, value in zip(
+        _DETAIL_FIELDS, (server, tool, action, digest, resource, DETAIL_TYPE), strict=True
+    ):
+        _set(detail, name, value)
+    claims = _new(TokenClaims)
+    for name, value in zip(
+        _CLAIM_FIELDS,
+        (iss, sub, aud, iat, nbf, exp, jti, task, (detail,), thumbprint, tier, taint, act),
+        strict=True,
+    ):
+        _set(claims, name, value)
+    return claims

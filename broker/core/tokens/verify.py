@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 
 from broker.core.errors import Reason, Unauthenticated
-from broker.core.tokens.claims import TOKEN_TYPE, TokenClaims
+from broker.core.tokens.claims import TOKEN_TYPE, TokenClaims, checked_claims
 from broker.core.tokens.jws import SUPPORTED_ALGS, decode_unverified
 from broker.core.tokens.keys import KeySet
 
@@ -86,7 +86,9 @@ def verify_token(
         )
     key.verify(signing_input, signature)
 
-    claims = TokenClaims.from_payload(payload)
+    # One pass over the payload, no second validation (``checked_claims``); what it leaves,
+    # ``from_payload`` refuses, naming the claim.
+    claims = checked_claims(payload) or TokenClaims.from_payload(payload)
     try:  # the signature verified: a refusal from here on carries what the token says
         if claims.iss != issuer:
             raise Unauthenticated(
