@@ -326,3 +326,23 @@ def test_any_interleaving_of_chains_verifies(sizes: list[int], seed: int) -> Non
     report = verify_records(merged)
     assert report.ok, str(report.problem)
     assert len(report.chains) == len(sizes)
+
+
+def test_one_serialization_per_record_gives_the_two_serializations_line() -> None:
+    """The stored line and the digest are those of hashing the record without "sha256" and
+    serializing it again with it, whatever sorts before or after "sha256"."""
+    import hashlib
+
+    from broker.core.audit import jcs
+    from broker.core.audit.record import _hashed_line
+
+    for unsigned in (
+        {"seq": 0, "chain": "c", "prev": "0" * 64},  # "sha256" last
+        {"seq": 1, "chain": "c", "prev": "0" * 64, "task": "t", "time": 1.5},  # in the middle
+        {"a": 1, "chain": "c", "extra": {"sha256": "x", "z": [1, 2]}, "zz": "sha256"},
+        {"seq": 2, "sha256": "given"},  # a record naming it itself: the slow path
+    ):
+        digest, line = _hashed_line(unsigned)
+        expected = hashlib.sha256(jcs.dumps(unsigned)).hexdigest()
+        assert digest == expected
+        assert line == jcs.dumps({**unsigned, "sha256": expected})

@@ -2,13 +2,13 @@
 
 ``dumps`` returns exactly what the reference implementation ``rfc8785.dumps`` returns, and raises
 what it raises. Audit records are hashed on every append, and the pure-Python reference costs
-more than the rest of the broker's work per record, so values whose JCS form the C ``json``
-encoder provably writes take the fast path:
+more than the rest of the broker's work per record, so values whose JCS form ``orjson`` (with
+sorted keys) provably writes take the fast path:
 
 - object keys are ASCII, so sorting by code point (``sort_keys``) is sorting by UTF-16 code unit;
-- strings: with ``ensure_ascii=False`` the encoder escapes exactly ``"``, ``\\`` and the C0
-  controls, with the same short forms (``\\n`` ...) and lowercase ``\\u00xx`` as JCS, and writes
-  everything else as UTF-8 (a lone surrogate fails the UTF-8 encoding and falls back);
+- strings: orjson escapes exactly ``"``, ``\\`` and the C0 controls, with the same short forms
+  (``\\n`` ...) and lowercase ``\\u00xx`` as JCS, and writes everything else as UTF-8 (it refuses
+  a lone surrogate, which falls back);
 - integers within +-(2**53 - 1); integral floats within that range are written as integers, as
   ECMAScript does; non-integral floats only in [1e-4, 1e16), where ``repr`` (shortest round-trip
   digits, no exponent) is the ECMAScript form.
@@ -19,10 +19,10 @@ two to byte-for-byte equality.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
+import orjson
 import rfc8785
 
 _MAX_EXACT = 2**53 - 1
@@ -41,12 +41,9 @@ def dumps(value: Any) -> bytes:
         prepared = _prepare(value)
     except _Slow:
         return rfc8785.dumps(value)
-    text = json.dumps(
-        prepared, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
     try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
+        return orjson.dumps(prepared, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
         return rfc8785.dumps(value)  # raises for the lone surrogate
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -456,12 +457,35 @@ class Chain:
         """Chain ``event`` after the current head and return the new record."""
         body = event.to_dict()
         unsigned = {"seq": self._next_seq, "chain": self._id, "prev": self._prev, **body}
-        digest = hashlib.sha256(jcs.dumps(unsigned)).hexdigest()
+        digest, line = _hashed_line(unsigned)
         record = ChainedRecord(
             seq=self._next_seq, chain=self._id, prev=self._prev, body=body, sha256=digest
         )
-        # The stored line, from the plain dict at hand (cheaper than from the frozen body).
-        object.__setattr__(record, "_json", jcs.dumps({**unsigned, "sha256": digest}))
+        object.__setattr__(record, "_json", line)
         self._next_seq += 1
         self._prev = digest
         return record
+
+
+# One serialization per record: the stored line is the canonical JSON of the record with its
+# "sha256" member, and the hashed text is the same without that member (JCS writes an object as
+# its sorted members joined by commas, so removing one member and one comma next to it gives
+# the canonical JSON of the rest). The line is written with a placeholder digest that nothing
+# outside this process can know (so it occurs once, as the member), then the digest put in.
+_MARK = secrets.token_hex(32).encode()
+_MEMBER = b'"sha256":"' + _MARK + b'"'
+
+
+def _hashed_line(unsigned: dict[str, Any]) -> tuple[str, bytes]:
+    """The SHA-256 (hex) of the canonical JSON of ``unsigned``, and the stored line: the
+    canonical JSON of ``unsigned`` with that digest as its "sha256" member."""
+    line = jcs.dumps({**unsigned, "sha256": _MARK.decode()})
+    if "sha256" not in unsigned and line.count(_MARK) == 1:
+        if _MEMBER + b"," in line:
+            hashed = line.replace(_MEMBER + b",", b"", 1)
+        else:
+            hashed = line.replace(b"," + _MEMBER, b"", 1)
+        digest = hashlib.sha256(hashed).hexdigest()
+        return digest, line.replace(_MARK, digest.encode(), 1)
+    digest = hashlib.sha256(jcs.dumps(unsigned)).hexdigest()  # never for the broker's records
+    return digest, jcs.dumps({**unsigned, "sha256": digest})
