@@ -214,11 +214,15 @@ def _cluster_ok(port: int) -> bool:
     return False
 
 
-def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
-    """``masters`` cluster-enabled servers joined by ``redis-cli --cluster create``."""
+def start_cluster(
+    directory: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000
+) -> RedisClusterProcs:
+    """``masters`` cluster-enabled servers joined by ``redis-cli --cluster create``, each with
+    ``replicas`` replicas (``node_timeout_ms``: how long a silent master lasts before its
+    replica takes over)."""
     nodes: list[RedisProc] = []
     try:
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             node_dir = directory / f"node{i}"
             node_dir.mkdir(parents=True, exist_ok=True)
             for attempt in range(5):
@@ -227,7 +231,7 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
                     "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
                     "--save", "", "--appendonly", "no", "--daemonize", "no",
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "5000",
+                    "--cluster-node-timeout", str(node_timeout_ms),
                 ]  # fmt: skip
                 node = RedisProc(node_dir, port, args)
                 try:
@@ -246,7 +250,7 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in nodes),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             capture_output=True,

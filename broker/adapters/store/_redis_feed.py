@@ -54,13 +54,10 @@ class RevocationFeed:
     async def publish(
         self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
     ) -> RevocationEvent:
-        async with self._guard.io():
-            cursor = await self._r.xadd(
-                self._stream,
-                {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason},
-                maxlen=MAX_EVENTS,
-                approximate=True,
-            )
+        fields: dict[Any, Any] = {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason}
+        cursor = await self._guard.call(
+            lambda: self._r.xadd(self._stream, fields, maxlen=MAX_EVENTS, approximate=True)
+        )
         return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason)
 
     @staticmethod
@@ -77,8 +74,9 @@ class RevocationFeed:
         if cursor == "$":
             return []
         start = "-" if cursor in ("", "0") else "(" + _check_cursor(cursor)
-        async with self._guard.io():
-            entries: Any = await self._r.xrange(self._stream, start, "+", count=limit)
+        entries: Any = await self._guard.read(
+            lambda: self._r.xrange(self._stream, start, "+", count=limit)
+        )
         return [self._event(c, f) for c, f in entries]
 
     async def watch(self, cursor: str) -> AsyncIterator[RevocationEvent]:
@@ -117,6 +115,7 @@ class RevocationFeed:
                     yield event
 
     async def last_cursor(self) -> str:
-        async with self._guard.io():
-            entries: Any = await self._r.xrevrange(self._stream, "+", "-", count=1)
+        entries: Any = await self._guard.read(
+            lambda: self._r.xrevrange(self._stream, "+", "-", count=1)
+        )
         return _s(entries[0][0]) if entries else "0"

@@ -16,9 +16,21 @@ Task keys (hash tag ``{task_id}``):
   tg     list   interned (server, tool) pairs, orjson-encoded; a credential stores the index
   kids   set    ids of sub-tasks
 Agent keys (hash tag ``{agent:<id>}``): quota hash (expiry bucket -> live credentials).
+
+Migrating slots (Redis Cluster resharding): while a slot migrates, Redis runs a multi-key command
+only where ALL its keys exist (the source, or the destination after ASK) and answers TRYAGAIN when
+one is missing, and a script cannot create a key on the source. So every key a task script
+declares exists from the task's creation until its expiry: CREATE makes each set key with a
+SENTINEL member ("-" in creds, kids and ap; "-" scored +inf in live and apl; "-" at index 0 of
+tg) and all of them share the task's TTL. Readers skip the sentinel (no jti, task id, approval
+suffix or target is "-"), counts exclude the +inf score, and END empties live without deleting
+it. CREATE itself declares only the (new, hence missing) task key and writes the others
+undeclared: that runs on the slot's owner, or on the destination after ASK.
 """
 
 from __future__ import annotations
+
+SENTINEL = "-"
 
 # KEYS: task, creds, live, tg, kids
 # ARGV: field, packed record (without flag and target index), expires_at, now, per-task limit,
@@ -32,7 +44,7 @@ if t[1] ~= '1' then return {'ENDED', t[1]} end
 local now = tonumber(ARGV[4])
 if now >= tonumber(t[2]) then return {'ENDED', '4'} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
-local n = redis.call('ZCARD', KEYS[3])
+local n = redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
 if n >= tonumber(ARGV[5]) then return {'QUOTA', n} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
 local idx = redis.call('LPOS', KEYS[4], ARGV[6])
@@ -108,7 +120,8 @@ return {1, n + 1}
 # KEYS: agent quota hash     ARGV: buckets to release (one per credential)
 RELEASE = "#!lua" + _RELEASE_FN + "\nrelease(KEYS[1], 1)\nreturn 1\n"
 
-# KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms
+# KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms,
+#                      then the undeclared set keys: creds, live, tg, kids, ap, apl
 # -> 1 created | 0 exists
 CREATE = """#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -116,6 +129,15 @@ redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'st', ARGV[2], 'tn', ARGV[3], 'exp',
            'ret', ARGV[5], 'ag', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[7], 'why', ARGV[8]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
+if ARGV[10] then
+  redis.call('HSET', ARGV[10], '-', '')
+  redis.call('ZADD', ARGV[11], '+inf', '-')
+  redis.call('RPUSH', ARGV[12], '-')
+  redis.call('SADD', ARGV[13], '-')
+  redis.call('HSET', ARGV[14], '-', '')
+  redis.call('ZADD', ARGV[15], '+inf', '-')
+  for i = 10, 15 do redis.call('PEXPIRE', ARGV[i], ARGV[9]) end
+end
 return 1
 """
 
@@ -145,8 +167,8 @@ if t[1] ~= '1' then
   return {0, t[2], kids, {}, t[3] and 1 or 0, t[4] or '0', t[5] or ''}
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[1], 'e', ARGV[2], 'why', ARGV[3], 'pend', '1')
-local live = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-redis.call('DEL', KEYS[2])
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(+inf', 'WITHSCORES')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(+inf')
 return {1, t[2], kids, live}
 """
 
@@ -221,7 +243,7 @@ if old then
   if o[2] == '1' and now < tonumber(o[5]) then return {'EXISTS', old, o[1], o[2], o[3], o[4]} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
-local n = redis.call('ZCARD', KEYS[3])
+local n = redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
 if n >= tonumber(ARGV[6]) then return {'QUOTA', n} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2], ARGV[1] .. ':s', '1', ARGV[1] .. ':x', ARGV[4],

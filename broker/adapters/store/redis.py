@@ -61,7 +61,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -107,6 +107,8 @@ from broker.core.model import (
 )
 
 log = logging.getLogger(__name__)
+
+SENTINEL_B = lua.SENTINEL.encode()
 
 Client = Redis | RedisCluster
 
@@ -174,9 +176,22 @@ class RedisStore:
 
     # -- I/O -----------------------------------------------------------------------------------
 
-    async def _run(self, script: Any, keys: Sequence[str], args: Iterable[object]) -> Any:
-        async with self._guard.io():
-            return await script(keys=keys, args=list(args))
+    async def _run(
+        self, script: Any, keys: Sequence[str], args: Iterable[object], *, read: bool = False
+    ) -> Any:
+        """One script, repeated only where that is safe (``Guard.call``)."""
+        argv = list(args)
+        return await self._guard.call(lambda: script(keys=keys, args=argv), idempotent=read)
+
+    async def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
+        """One pipeline of reads (repeated once on a broken connection)."""
+
+        async def op() -> list[Any]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                build(pipe)
+                return list(await pipe.execute())
+
+        return await self._guard.read(op)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -217,6 +232,8 @@ class RedisStore:
                 fnum(task.ended_at) if task.ended_at else "",
                 task.end_reason,
                 ttl_ms,
+                *keys[1:],  # the set keys, made with a sentinel (see _redis_lua)
+                *self._approvals.set_keys(tid),
             ],
         )
         if not created:
@@ -228,8 +245,7 @@ class RedisStore:
         if _s(res[0]) == "OK":
             return
         try:  # the parent refused: undo the record (nobody has been given its id)
-            async with self._guard.io():
-                await self._r.delete(keys[0])
+            await self._guard.call(lambda: self._r.delete(*keys, *self._approvals.set_keys(tid)))
         except StoreUnavailable:
             log.warning("sub-task %s left orphaned (expires with its retention)", tid)
         if _s(res[0]) == "NOTFOUND":
@@ -239,8 +255,8 @@ class RedisStore:
     async def get_task(self, task_id: str) -> TaskRecord | None:
         if not task_id_ok(task_id):
             return None
-        async with self._guard.io():
-            fields: Any = await self._r.hmget(self._task_keys(task_id)[0], list(TASK_FIELDS))
+        key = self._task_keys(task_id)[0]
+        fields: Any = await self._guard.read(lambda: self._r.hmget(key, list(TASK_FIELDS)))
         return unpack_task(task_id, fields)
 
     async def list_tasks(
@@ -346,48 +362,52 @@ class RedisStore:
                 if loop.time() + 0.05 >= give_up:
                     raise
                 await asyncio.sleep(0.05)
+        key = self._task_keys(task_id)[0]
         try:
-            async with self._guard.io():
-                await self._r.hdel(self._task_keys(task_id)[0], "pend")
+            await self._guard.call(lambda: self._r.hdel(key, "pend"))
         except StoreUnavailable:  # the event may be published twice: events are idempotent
             log.warning("could not clear the publish mark of task %s", task_id)
 
     async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
-        async with self._guard.io():
-            ids: Any = await self._r.zrangebyscore(self._server_index(server), fnum(now), "+inf")
+        key = self._server_index(server)
+        ids: Any = await self._guard.read(lambda: self._r.zrangebyscore(key, fnum(now), "+inf"))
         tids = sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
         if not tids:
             return []
-        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             for tid in tids:
                 keys = self._task_keys(tid)
                 pipe.hmget(keys[0], ["st", "exp"])
                 pipe.lrange(keys[3], 0, -1)
-            rows = await pipe.execute()
+
+        rows = await self._pipelined(build)
         out = []
         for i, tid in enumerate(tids):
             (st, exp), targets = rows[2 * i], rows[2 * i + 1]
             if st is None or int(st) != TaskState.ACTIVE or now >= float(exp):
                 continue
-            if any(unpack_target(t)[0] == server for t in targets):
+            if any(unpack_target(t)[0] == server for t in targets if t != SENTINEL_B):
                 out.append(tid)
         return out
 
     async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
         if not task_id_ok(task_id):
             return []
-        async with self._guard.io():
-            ids: Any = await self._r.smembers(self._task_keys(task_id)[4])
+        key = self._task_keys(task_id)[4]
+        ids: Any = await self._guard.read(lambda: self._r.smembers(key))
         return sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
 
     async def count_live_credentials(self, task_id: str, now: float) -> int:
         if not task_id_ok(task_id):
             return 0
         keys = self._task_keys(task_id)
-        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             pipe.hget(keys[0], "st")
-            pipe.zcount(keys[2], "(" + fnum(now * 1000), "+inf")
-            st, count = await pipe.execute()
+            pipe.zcount(keys[2], "(" + fnum(now * 1000), "(+inf")  # not the sentinel
+
+        st, count = await self._pipelined(build)
         return int(count) if st is not None and int(st) == TaskState.ACTIVE else 0
 
     # -- approvals (broker.adapters.store._redis_approvals) ----------------------------------------
@@ -502,7 +522,7 @@ class RedisStore:
         if field is None:
             return None
         keys = self._task_keys(task_id)
-        res = await self._run(self._get_cred, [keys[0], keys[1], keys[3]], [field])
+        res = await self._run(self._get_cred, [keys[0], keys[1], keys[3]], [field], read=True)
         if res is None:
             return None
         value, target, agent = res
@@ -512,9 +532,13 @@ class RedisStore:
         if not task_id_ok(task_id):
             return []
         keys = self._task_keys(task_id)
-        flat, targets, agent = await self._run(self._list_creds, [keys[0], keys[1], keys[3]], [])
+        flat, targets, agent = await self._run(
+            self._list_creds, [keys[0], keys[1], keys[3]], [], read=True
+        )
         creds = []
         for i in range(0, len(flat), 2):
+            if flat[i] == SENTINEL_B:
+                continue
             value = flat[i + 1]
             idx = int.from_bytes(value[1:3], "little")
             creds.append(unpack_credential(task_id, _s(agent), flat[i], value, targets[idx]))
@@ -560,8 +584,7 @@ class RedisStore:
     # -- housekeeping --------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        async with self._guard.io():
-            await self._r.ping()
+        await self._guard.read(self._r.ping)
 
     async def close(self) -> None:
         self._feed.close()
