@@ -196,6 +196,19 @@ class RedisClusterProcs:
         for node in self.nodes:
             node.stop()
 
+    def node_id(self, node: RedisProc) -> str:
+        return command(node.port, "CLUSTER", "MYID").decode().split("\r\n")[1]
+
+    def owner(self, slot: int) -> RedisProc:
+        """The live master serving ``slot``."""
+        for node in self.nodes:
+            if node.proc is not None and any(lo <= slot <= hi for lo, hi in self.slots(node)):
+                return node
+        raise LookupError(f"no live master serves slot {slot}")
+
+    def masters(self) -> list[RedisProc]:
+        return [n for n in self.nodes if n.proc is not None and self.slots(n)]
+
     def slots(self, node: RedisProc) -> list[tuple[int, int]]:
         """The slot ranges ``node`` serves (from its CLUSTER NODES "myself" line)."""
         reply = command(node.port, "CLUSTER", "NODES").decode()
@@ -211,6 +224,14 @@ class RedisClusterProcs:
 def _cluster_ok(port: int) -> bool:
     with contextlib.suppress(OSError):
         return b"cluster_state:ok" in command(port, "CLUSTER", "INFO", timeout=1.0)
+    return False
+
+
+def _replica_synced(port: int) -> bool:
+    """A master, or a replica whose link to its master is up."""
+    with contextlib.suppress(OSError):
+        info = command(port, "INFO", "replication", timeout=1.0)
+        return b"role:master" in info or b"master_link_status:up" in info
     return False
 
 
@@ -260,7 +281,7 @@ def start_cluster(
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-800:]!r}")
         deadline = time.monotonic() + CLUSTER_TIMEOUT
-        while not all(_cluster_ok(n.port) for n in nodes):
+        while not all(_cluster_ok(n.port) and _replica_synced(n.port) for n in nodes):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster not ok within {CLUSTER_TIMEOUT}s")
             time.sleep(0.05)

@@ -121,6 +121,11 @@ class Guard:
         try:
             async with asyncio.timeout_at(when):
                 yield
+        except TimeoutError as exc:  # before UNAVAILABLE: the builtin is an OSError
+            log.warning("redis at %s: no answer within %.2f s", self.where, limit)
+            raise StoreUnavailable(
+                f"the state store did not answer within {limit:.2f} s; retry shortly"
+            ) from exc
         except UNAVAILABLE as exc:
             # Clients see that the store is down, not redis-py's text (hosts, TLS and file
             # details); that goes to the broker log.
@@ -132,11 +137,6 @@ class Guard:
                 log.warning("redis at %s refused: %s", self.where, exc)
                 raise StoreUnavailable(f"the state store refused the write ({refusal})") from exc
             raise
-        except TimeoutError as exc:
-            log.warning("redis at %s: no answer within %.2f s", self.where, limit)
-            raise StoreUnavailable(
-                f"the state store did not answer within {limit:.2f} s; retry shortly"
-            ) from exc
 
 
 def _not_run(exc: BaseException | None) -> bool:
