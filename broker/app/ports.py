@@ -42,6 +42,12 @@ class Quotas:
     per_agent: int = 1024  # live credentials per agent, across its tasks
 
 
+# The revocation feed keeps events for at least this long (and at most about 100,000 of them):
+# far longer than any credential lives (300 s at most), so that a verifier that was away for
+# less than the window misses nothing. A quiet feed's events go once the window has passed.
+REVOCATION_WINDOW = 3600.0
+
+
 class Store(Protocol):
     async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
         """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound."""
@@ -140,7 +146,8 @@ class Store(Protocol):
     ) -> RevocationEvent: ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
-        """Events after ``cursor`` ("" = from the beginning of what is retained)."""
+        """Events after ``cursor`` ("" = from the beginning of what is retained: at least
+        ``REVOCATION_WINDOW`` seconds of events, as long as there are fewer than 100,000)."""
         ...
 
     def watch_revocations(self, cursor: str) -> AsyncIterator[RevocationEvent]:

@@ -197,10 +197,22 @@ return {redis.call('HGETALL', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1),
         redis.call('HGET', KEYS[1], 'ag') or ''}
 """
 
+# Index keys live as long as their longest-lived entry (the TTL only ever grows), so a quiet
+# broker's indexes go away with its last retained task.
+_EXTEND_FN = """
+local function extend(key, upto, now)
+  local ttl = math.ceil((tonumber(upto) - tonumber(now)) * 1000)
+  if ttl > 0 and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+"""
+
 # An index of task ids: KEYS: by_created zset, by_retain zset
 # ARGV: task id, created_at, retain_until, now
 # Adds the task (retain only ever grows) and forgets at most 100 entries retained past ``now``.
-INDEX_TASK = """#!lua
+INDEX_TASK = (
+    "#!lua"
+    + _EXTEND_FN
+    + """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[1])
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4], 'LIMIT', 0, 100)
@@ -208,14 +220,33 @@ if #old > 0 then
   redis.call('ZREM', KEYS[1], unpack(old))
   redis.call('ZREM', KEYS[2], unpack(old))
 end
+for i = 1, 2 do extend(KEYS[i], ARGV[3], ARGV[4]) end
 return #old
 """
+)
 
-# The per-server index: KEYS: zset task -> retain     ARGV: task id, retain, now
-INDEX_SERVER = """#!lua
+# A one-key index (per server: task -> retain; live tasks: task -> expires_at; approvals):
+# KEYS: zset     ARGV: member, score (a time), now
+INDEX_SERVER = (
+    "#!lua"
+    + _EXTEND_FN
+    + """
 redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+extend(KEYS[1], ARGV[2], ARGV[3])
 return 1
+"""
+)
+
+# The revocation feed: KEYS: stream     ARGV: max events, window ms, field, value, ...
+# Appends one event, drops those older than the window (by their ids: Redis's own clock, in ms)
+# and lets a quiet stream expire after the window. -> the event's id (the cursor)
+FEED_PUBLISH = """#!lua
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+local at = tonumber(string.match(id, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', at - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return id
 """
 
 # -- approvals (broker.core.approvals) -------------------------------------------------------------

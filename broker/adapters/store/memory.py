@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from broker.app.ports import Quotas
+from broker.app.ports import REVOCATION_WINDOW, Quotas
 from broker.core.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
 from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.core.model import (
@@ -23,13 +23,16 @@ from broker.core.model import (
     TaskState,
 )
 
-MAX_EVENTS = 100_000  # revocation feed retention (by count)
+MAX_EVENTS = 100_000  # revocation feed retention by count, and by age: REVOCATION_WINDOW
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskRecord] = {}
         self._retain: dict[str, float] = {}
+        self._live: dict[
+            str, None
+        ] = {}  # active tasks, oldest first: what list_tasks(ACTIVE) reads
         self._children: dict[str, set[str]] = {}
         self._creds: dict[str, dict[str, CredentialRecord]] = {}
         self._agent_live: dict[str, dict[str, float]] = {}  # agent -> jti -> expires_at
@@ -38,6 +41,7 @@ class MemoryStore:
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
         self._changed = asyncio.Condition()
+        self.feed_window = REVOCATION_WINDOW  # seconds of revocation events kept
         self._lock = asyncio.Lock()
 
     # -- tasks -------------------------------------------------------------------------------
@@ -59,6 +63,8 @@ class MemoryStore:
                 self._children.setdefault(task.parent_task_id, set()).add(task.task_id)
             self._tasks[task.task_id] = task
             self._retain[task.task_id] = retain_until
+            if task.state is TaskState.ACTIVE:
+                self._live[task.task_id] = None
             self._creds[task.task_id] = {}
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
@@ -74,9 +80,16 @@ class MemoryStore:
         limit: int = 1000,
     ) -> Sequence[TaskRecord]:
         self._prune(now)
+        if state is TaskState.ACTIVE:  # costs what the live set costs, not the retained set
+            candidates = [self._tasks[tid] for tid in self._live]
+            for task in candidates:
+                if task.state_at(now) is not TaskState.ACTIVE:
+                    self._live.pop(task.task_id, None)
+        else:
+            candidates = list(self._tasks.values())
         out = [
             t
-            for t in self._tasks.values()
+            for t in candidates
             if (not agent or t.agent == agent)
             and (state is None or t.state_at(now) is state)
             and t.created_at >= since
@@ -110,6 +123,7 @@ class MemoryStore:
                     continue
                 end_state = state if tid == task_id else TaskState.REVOKED
                 self._tasks[tid] = replace(task, state=end_state, ended_at=now, end_reason=reason)
+                self._live.pop(tid, None)
                 ended.append(tid)
                 for cred in self._creds.get(tid, {}).values():
                     if not cred.consumed and cred.expires_at > now:
@@ -263,12 +277,19 @@ class MemoryStore:
             seq = self._first_seq + len(self._events)
             event = RevocationEvent(str(seq), kind, subject, revoked_at, reason)
             self._events.append(event)
-            if len(self._events) > MAX_EVENTS:
-                drop = len(self._events) - MAX_EVENTS
-                del self._events[:drop]
-                self._first_seq += drop
+            self._drop_events(revoked_at)
             self._changed.notify_all()
             return event
+
+    def _drop_events(self, now: float) -> None:
+        """Forget events beyond MAX_EVENTS, and those older than the window."""
+        drop = max(0, len(self._events) - MAX_EVENTS)
+        oldest = now - self.feed_window
+        while drop < len(self._events) and self._events[drop].revoked_at < oldest:
+            drop += 1
+        if drop:
+            del self._events[:drop]
+            self._first_seq += drop
 
     def _index_after(self, cursor: str) -> int:
         if cursor in ("", "0"):
@@ -313,10 +334,13 @@ class MemoryStore:
     # -- housekeeping ------------------------------------------------------------------------
 
     def _prune(self, now: float) -> None:
-        """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs)."""
+        """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs),
+        and revocation events older than the feed's window."""
+        self._drop_events(now)
         for tid in [t for t, until in self._retain.items() if until < now]:
             self._tasks.pop(tid, None)
             self._retain.pop(tid, None)
+            self._live.pop(tid, None)
             self._creds.pop(tid, None)
             self._task_servers.pop(tid, None)
             self._children.pop(tid, None)

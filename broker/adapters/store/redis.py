@@ -59,6 +59,7 @@ NOSCRIPT).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -171,6 +172,10 @@ class RedisStore:
         tag = f"agent:{agent}" if agent else "idx"
         return [f"{self._ns}:{{{tag}}}:tasks", f"{self._ns}:{{{tag}}}:tasks:ret"]
 
+    def _live_index(self, agent: str) -> str:
+        tag = f"agent:{agent}" if agent else "idx"
+        return f"{self._ns}:{{{tag}}}:live"
+
     def _server_index(self, server: str) -> str:
         return f"{self._ns}:{{srv:{server}}}:tasks"
 
@@ -208,34 +213,15 @@ class RedisStore:
         now = task.created_at
         # Indexes first: an entry whose record is missing is skipped when listing, while a
         # record missing from the index would escape list_tasks (and a revoke-by-agent).
-        index_args = [tid, fnum(now), fnum(retain_until), fnum(now)]
+        *indexes, record = self.create_steps(task, retain_until)
         outcomes = await asyncio.gather(
-            self._run(self._index_task, self._index(""), index_args),
-            self._run(self._index_task, self._index(task.agent), index_args),
-            return_exceptions=True,
+            *(self._run(*step) for step in indexes), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         keys = self._task_keys(tid)
-        ttl_ms = max(1000, int((retain_until - now) * 1000) + 1)
-        created = await self._run(
-            self._create,
-            keys[:1],
-            [
-                pack_task(task),
-                int(task.state),
-                int(task.taint),
-                fnum(task.expires_at),
-                fnum(retain_until),
-                task.agent,
-                fnum(task.ended_at) if task.ended_at else "",
-                task.end_reason,
-                ttl_ms,
-                *keys[1:],  # the set keys, made with a sentinel (see _redis_lua)
-                *self._approvals.set_keys(tid),
-            ],
-        )
+        created = await self._run(*record)
         if not created:
             raise InvalidRequest("task_id", f"task {tid} already exists")
         if not parent:
@@ -251,6 +237,39 @@ class RedisStore:
         if _s(res[0]) == "NOTFOUND":
             raise NotFound(f"parent task {parent} not found", Reason.TASK_NOT_FOUND)
         raise FailedPrecondition(f"parent task {parent} has ended", Reason.TASK_ENDED)
+
+    def create_steps(
+        self, task: TaskRecord, retain_until: float
+    ) -> list[tuple[Any, list[str], list[object]]]:
+        """The scripts that record a new task, as (script, keys, args): its indexes (run
+        first, in any order), then its record (returns 1 if created, 0 if it existed)."""
+        tid, now = task.task_id, task.created_at
+        index_args: list[object] = [tid, fnum(now), fnum(retain_until), fnum(now)]
+        steps: list[tuple[Any, list[str], list[object]]] = [
+            (self._index_task, self._index(""), index_args),
+            (self._index_task, self._index(task.agent), index_args),
+        ]
+        if task.is_live(now):  # the live-task index: what ListTasks(active) reads
+            live_args: list[object] = [tid, fnum(task.expires_at), fnum(now)]
+            steps.append((self._index_server, [self._live_index("")], live_args))
+            steps.append((self._index_server, [self._live_index(task.agent)], live_args))
+        keys = self._task_keys(tid)
+        ttl_ms = max(1000, int((retain_until - now) * 1000) + 1)
+        record: list[object] = [
+            pack_task(task),
+            int(task.state),
+            int(task.taint),
+            fnum(task.expires_at),
+            fnum(retain_until),
+            task.agent,
+            fnum(task.ended_at) if task.ended_at else "",
+            task.end_reason,
+            ttl_ms,
+            *keys[1:],  # the set keys, made with a sentinel (see _redis_lua)
+            *self._approvals.set_keys(tid),
+        ]
+        steps.append((self._create, keys[:1], record))
+        return steps
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         if not task_id_ok(task_id):
@@ -268,33 +287,62 @@ class RedisStore:
         now: float,
         limit: int = 1000,
     ) -> Sequence[TaskRecord]:
+        if state is TaskState.ACTIVE:
+            return await self._list_live(agent, since, now, limit)
         by_created = self._index(agent)[0]
         out: list[TaskRecord] = []
         offset = 0
         while len(out) < limit:
-            async with self._guard.io():
-                ids: Any = await self._r.zrangebyscore(
-                    by_created, fnum(since), "+inf", start=offset, num=_BATCH
+            ids: Any = await self._guard.read(
+                functools.partial(
+                    self._r.zrangebyscore, by_created, fnum(since), "+inf", offset, _BATCH
                 )
+            )
             if not ids:
                 break
             offset += len(ids)
             tids = [_s(i) for i in ids if task_id_ok(_s(i))]
-            async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
-                for tid in tids:
-                    pipe.hmget(self._task_keys(tid)[0], [*TASK_FIELDS, "ret"])
-                rows = await pipe.execute()
-            for tid, row in zip(tids, rows, strict=True):
-                task = unpack_task(tid, row[:-1])
-                if task is None or float(row[-1]) < now:
-                    continue
-                if (not agent or task.agent == agent) and (
-                    state is None or task.state_at(now) is state
-                ):
+            for task in await self._read_tasks(tids, agent, now):
+                if state is None or task.state_at(now) is state:
                     out.append(task)
             if len(ids) < _BATCH:
                 break
         return out[:limit]
+
+    async def _list_live(
+        self, agent: str, since: float, now: float, limit: int
+    ) -> Sequence[TaskRecord]:
+        """Reads the live-task index (ended tasks leave it at end_task, expired ones by their
+        expiry score): costs what the live set costs, whatever is retained."""
+        key = self._live_index(agent)
+        ids: Any = await self._guard.read(
+            lambda: self._r.zrangebyscore(key, f"({fnum(now)}", "+inf")
+        )
+        tids = [t for t in (_s(i) for i in ids) if task_id_ok(t)]
+        out = []
+        for i in range(0, len(tids), _BATCH):
+            for task in await self._read_tasks(tids[i : i + _BATCH], agent, now):
+                if task.created_at >= since and task.state_at(now) is TaskState.ACTIVE:
+                    out.append(task)
+        out.sort(key=lambda t: t.created_at)
+        return out[:limit]
+
+    async def _read_tasks(self, tids: Sequence[str], agent: str, now: float) -> list[TaskRecord]:
+        """The retained records of ``tids`` (of ``agent``, if given), in order."""
+
+        def build(pipe: Any) -> None:
+            for tid in tids:
+                pipe.hmget(self._task_keys(tid)[0], [*TASK_FIELDS, "ret"])
+
+        rows = await self._pipelined(build) if tids else []
+        out = []
+        for tid, row in zip(tids, rows, strict=True):
+            task = unpack_task(tid, row[:-1])
+            if task is None or float(row[-1]) < now:
+                continue
+            if not agent or task.agent == agent:
+                out.append(task)
+        return out
 
     async def raise_taint(self, task_id: str, taint: Taint) -> Taint:
         if task_id_ok(task_id):
@@ -311,6 +359,7 @@ class RedisStore:
         killed = 0
         ended: list[str] = []
         released: dict[str, list[str]] = {}
+        ended_by_agent: dict[str, list[str]] = {}
         seen: set[str] = set()
         pending = [task_id]
         while pending:
@@ -332,6 +381,7 @@ class RedisStore:
                 continue
             if code == 1:
                 ended.append(tid)
+                ended_by_agent.setdefault(_s(res[1]), []).append(tid)
                 now_ms = now * 1000
                 scores = [int(float(x)) for x in res[3][1::2]]
                 killed += sum(1 for score in scores if score > now_ms)
@@ -345,7 +395,20 @@ class RedisStore:
             pending.extend(sorted((_s(k) for k in res[2]), reverse=True))
         for agent, buckets in released.items():
             await self._release(agent, buckets)
+        await self._unlist_live(ended_by_agent)
         return killed, ended
+
+    async def _unlist_live(self, ended_by_agent: dict[str, list[str]]) -> None:
+        """Best effort: an ended task missed here is skipped by readers and leaves the live
+        index at its expiry."""
+        try:
+            for agent, tids in ended_by_agent.items():
+                for key in (self._live_index(""), self._live_index(agent)):
+                    for i in range(0, len(tids), _BATCH):
+                        chunk = tids[i : i + _BATCH]
+                        await self._guard.call(functools.partial(self._r.zrem, key, *chunk))
+        except StoreUnavailable:
+            log.warning("live-task index not updated (ended tasks leave it at expiry)")
 
     async def _publish_task_event(self, task_id: str, at: float, reason: str) -> None:
         """Publish the "task" event, retrying within one deadline; then clear the task's mark.
@@ -580,6 +643,15 @@ class RedisStore:
 
     async def last_revocation_cursor(self) -> str:
         return await self._feed.last_cursor()
+
+    @property
+    def feed_window(self) -> float:
+        """Seconds of revocation events kept (``REVOCATION_WINDOW``; tests shorten it)."""
+        return self._feed.window
+
+    @feed_window.setter
+    def feed_window(self, seconds: float) -> None:
+        self._feed.window = seconds
 
     # -- housekeeping --------------------------------------------------------------------------
 
