@@ -79,6 +79,7 @@ TASK_RETENTION = 600.0
 class Limits:
     task_max_ttl: float = 3600.0
     task_default_ttl: float = 900.0
+    task_retention: float = TASK_RETENTION
     quotas: Quotas = field(default_factory=Quotas)
     leeway: float = 5.0
     max_delegation_depth: int = 3
@@ -171,7 +172,7 @@ class Broker:
             act=act,
             taint=taint,
         )
-        await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
+        await self.store.create_task(task, retain_until=expires_at + self.limits.task_retention)
         self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})
         return task
 
