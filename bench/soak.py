@@ -112,7 +112,7 @@ class Soak:
         for name in ("agent-demo", "mcp-docs", "operator-admin"):
             self.channels.append(await open_channel(target, credentials(pki, name)))
         agent, server, admin = self.channels
-        self.agent = agent_pb2_grpc.AgentServiceStub(agent)
+        self.agent = agent_pb2_grpc.AgentServiceStub(agent)  # type: ignore[no-untyped-call]
         self.verifier = verifier_pb2_grpc.VerifierServiceStub(server)  # type: ignore[no-untyped-call]
         self.admin = admin_pb2_grpc.AdminServiceStub(admin)  # type: ignore[no-untyped-call]
 
