@@ -35,6 +35,7 @@ NOT_RUN = [
     rexc.ClusterDownError("CLUSTERDOWN The cluster is down"),
     rexc.ReadOnlyError("READONLY You can't write against a read only replica."),
     rexc.ConnectionError("Error 111 connecting to 127.0.0.1:7000. Connection refused."),
+    rexc.MaxConnectionsError("Too many connections"),
 ]
 
 

@@ -9,7 +9,8 @@ that a mint (quota, index, record) fails within one deadline too.
 budget, while Redis answers that it did NOT run the command: TRYAGAIN (a multi-key command in a
 slot being migrated, keys split between source and destination), ASK/MOVED redirections that
 outran redis-py's own 16, CLUSTERDOWN/MASTERDOWN and READONLY (a failover under way), LOADING, or
-a connection that could not be opened. Those are safe to repeat even for writes. A read
+a connection that could not be opened or a full connection pool. Those are safe to repeat even
+for writes. A read
 (``idempotent=True``) is also repeated once when a connection breaks under it (a pooled
 connection to a master that died); a write never is: it may have run.
 """
@@ -47,6 +48,7 @@ NOT_RUN = (
     rexc.SlotNotCoveredError,
     rexc.ReadOnlyError,
     rexc.BusyLoadingError,
+    rexc.MaxConnectionsError,  # the client's pool is full: nothing was sent
 )
 _NOT_RUN_TEXT = ("TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "READONLY", "TTL exhausted")
 BACKOFF_FIRST = 0.01

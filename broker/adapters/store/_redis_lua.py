@@ -120,8 +120,9 @@ return {1, n + 1}
 # KEYS: agent quota hash     ARGV: buckets to release (one per credential)
 RELEASE = "#!lua" + _RELEASE_FN + "\nrelease(KEYS[1], 1)\nreturn 1\n"
 
-# KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms,
-#                      then the undeclared set keys: creds, live, tg, kids, ap, apl
+# KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms
+# Also makes the task's set keys (creds, live, tg, kids, ap, apl: same prefix as KEYS[1], not
+# declared, see the module docstring) with their sentinel and the task's TTL.
 # -> 1 created | 0 exists
 CREATE = """#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -129,14 +130,15 @@ redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'st', ARGV[2], 'tn', ARGV[3], 'exp',
            'ret', ARGV[5], 'ag', ARGV[6])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[7], 'why', ARGV[8]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
-if ARGV[10] then
-  redis.call('HSET', ARGV[10], '-', '')
-  redis.call('ZADD', ARGV[11], '+inf', '-')
-  redis.call('RPUSH', ARGV[12], '-')
-  redis.call('SADD', ARGV[13], '-')
-  redis.call('HSET', ARGV[14], '-', '')
-  redis.call('ZADD', ARGV[15], '+inf', '-')
-  for i = 10, 15 do redis.call('PEXPIRE', ARGV[i], ARGV[9]) end
+local p = string.sub(KEYS[1], 1, -5)
+redis.call('HSET', p .. 'creds', '-', '')
+redis.call('ZADD', p .. 'live', '+inf', '-')
+redis.call('RPUSH', p .. 'tg', '-')
+redis.call('SADD', p .. 'kids', '-')
+redis.call('HSET', p .. 'ap', '-', '')
+redis.call('ZADD', p .. 'apl', '+inf', '-')
+for _, k in ipairs({'creds', 'live', 'tg', 'kids', 'ap', 'apl'}) do
+  redis.call('PEXPIRE', p .. k, ARGV[9])
 end
 return 1
 """

@@ -265,8 +265,6 @@ class RedisStore:
             fnum(task.ended_at) if task.ended_at else "",
             task.end_reason,
             ttl_ms,
-            *keys[1:],  # the set keys, made with a sentinel (see _redis_lua)
-            *self._approvals.set_keys(tid),
         ]
         steps.append((self._create, keys[:1], record))
         return steps
