@@ -1,4 +1,7 @@
-"""The store port: everything the broker keeps between calls.
+"""The ports of the use cases: the store (everything the broker keeps between calls) and the key
+provider (whatever holds the signing keys).
+
+The store.
 
 Implementations: ``MemoryStore`` (embedded default, unit tests) and the Redis store. Both pass
 the same contract suite (tests/contract). Rules every implementation keeps:
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.approvals import ApprovalRecord
+from broker.core.blocks import Block
 from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
@@ -29,6 +33,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tokens.keys import KeyInfo, PublishedKey
 
 
 @dataclass(frozen=True)
@@ -48,18 +53,35 @@ class Quotas:
 REVOCATION_WINDOW = 3600.0
 
 
+class TaintRose(Exception):
+    """``record_credential`` refused: the task's taint rose above the one the credential was
+    decided at (a ReportOutcome raced the mint). Nothing was recorded; decide again at
+    ``taint``."""
+
+    def __init__(self, taint: Taint) -> None:
+        super().__init__(f"the task's taint is now {taint.label}")
+        self.taint = taint
+
+
 class Store(Protocol):
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
-        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound."""
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
+        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound.
+        ``max_live_per_agent`` (0: no cap): QuotaExceeded when the agent already holds that
+        many live tasks (an ended one stops counting; a store may count it until its expiry)."""
         ...
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         """Atomically: check the task is live (FailedPrecondition TASK_ENDED otherwise, NotFound
-        TASK_NOT_FOUND if absent), check quotas (QuotaExceeded), record the credential."""
+        TASK_NOT_FOUND if absent), check that its taint is not above ``taint``, the taint the
+        credential was decided at (``TaintRose`` otherwise), check quotas (QuotaExceeded),
+        record the credential. The taint check is what closes the race with a ReportOutcome
+        that raises the taint while a credential is being decided and signed."""
         ...
 
     async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
@@ -108,12 +130,18 @@ class Store(Protocol):
     # -- approvals (broker.core.approvals) --------------------------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         """Atomically: the task must be live (FailedPrecondition TASK_ENDED, NotFound
         TASK_NOT_FOUND); a PENDING, unexpired approval of the task with the same binding is
         returned as it is (no new record); else QuotaExceeded when the task already has
-        ``max_pending`` pending ones; else ``approval`` is recorded and returned."""
+        ``max_pending`` pending ones, or its agent ``max_pending_per_agent`` (0: no cap) across
+        its tasks; else ``approval`` is recorded and returned."""
         ...
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
@@ -142,8 +170,29 @@ class Store(Protocol):
         ...
 
     async def publish_revocation(
-        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
+        self,
+        kind: RevocationKind,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent: ...
+
+    # -- kill switches (broker.core.blocks) ----------------------------------------------------
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        """Write the block of ``block.key`` (one record, O(1)): its floor never goes down, the
+        rest is ``block``'s. Returns the record as stored. Forgets records past keep_until."""
+        ...
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        """Every block record still retained at ``now``. ``record_credential`` and
+        ``consume_credential`` check these in the same step: a mint for a blocked subject, or
+        for a task a floor revoked, raises (PermissionDenied REVOKED / FailedPrecondition
+        TASK_ENDED); a consume of a credential a block covers returns REVOKED."""
+        ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         """Events after ``cursor`` ("" = from the beginning of what is retained: at least
@@ -156,8 +205,83 @@ class Store(Protocol):
 
     async def last_revocation_cursor(self) -> str: ...
 
+    # -- signing keys shared by replicas (broker.app.keyring) -------------------------------------
+
+    async def publish_keys(self, keys: Sequence[PublishedKey], *, now: float) -> None:
+        """Add or refresh public keys, atomically. A key already published keeps the later of
+        its two ``until`` (a publication is never shortened); keys whose ``until`` is past
+        ``now`` are dropped. Public halves only: never a private key."""
+        ...
+
+    async def published_keys(self, now: float) -> Sequence[PublishedKey]:
+        """Every published key whose ``until`` is after ``now``, by kid."""
+        ...
+
     async def ping(self) -> None:
         """Raise StoreUnavailable if the backend cannot be reached."""
         ...
 
     async def close(self) -> None: ...
+
+
+class KeyProvider(Protocol):
+    """The port to whatever holds the broker's signing keys: process memory and files
+    (``broker.adapters.keys.LocalKeyProvider``) or Vault Transit
+    (``broker.adapters.vault.transit.TransitKeyProvider``). Both pass the contract suite of
+    tests/contract/test_key_contract.py.
+
+    Reads (``alg``, ``active_kid``, ``public_jwks``, ``keys``) are memory only. Everything that
+    may do I/O is a coroutine that never blocks the event loop (files and Vault run in threads).
+
+    Keys rotate: the active key signs; a retired key no longer signs but stays in
+    ``public_jwks`` until every token it signed has expired (``KeyInfo.publish_until``); a
+    ``refresh`` after that drops it.
+    """
+
+    @property
+    def alg(self) -> str:
+        """The JWS algorithm of the active key (ES256 or EdDSA)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """True when every replica reads the same keys from the provider itself (Vault
+        Transit); False for keys local to a process or host, which the broker publishes in
+        the store (``broker.app.keyring``)."""
+        ...
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds between two ``refresh`` calls of the broker's housekeeping."""
+        ...
+
+    def active_kid(self) -> str:
+        """The kid of the key that signs new tokens."""
+        ...
+
+    async def sign(self, kid: str, signing_input: bytes) -> bytes:
+        """The JWS signature of ``signing_input`` by ``kid``. Raises ``LookupError`` if ``kid``
+        is not (or no longer) the active key: ask ``active_kid`` again."""
+        ...
+
+    async def rotate(self, now: float, max_token_ttl: float) -> str:
+        """Make a new key active and return its kid; the old one stays published until
+        ``now + max_token_ttl`` plus a safety margin."""
+        ...
+
+    async def refresh(self, now: float) -> bool:
+        """Follow what other processes did (a shared key directory, Vault) and drop keys whose
+        publication window has passed; return whether the active key changed."""
+        ...
+
+    def public_jwks(self) -> list[dict[str, str]]:
+        """Every public key still published (active, retired-not-yet-expired), as JWKs."""
+        ...
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Metadata of every published key, the active one first."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work and release connections."""
+        ...

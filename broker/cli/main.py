@@ -28,13 +28,14 @@ COMMANDS: dict[str, str] = {
     "agents": "broker.cli.tasks:agents",
     "servers": "broker.cli.tasks:servers",
     "revoke": "broker.cli.tasks:revoke",
+    "blocks": "broker.cli.blocks:blocks",
     "approvals": "broker.cli.approvals:approvals",
     "keys": "broker.cli.keys:keys",
     "token": "broker.cli.token:token",
     "completion": "broker.cli.main:completion",
 }
 # Third-party modules only the broker server needs (the [server] extra).
-_SERVER_ONLY = ("cedarpy", "redis", "hiredis")
+_SERVER_ONLY = ("cedarpy", "redis", "hiredis", "prometheus_client")
 
 
 class LazyGroup(click.Group):
