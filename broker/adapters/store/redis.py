@@ -18,6 +18,8 @@ ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the n
     ns:{agent:<id>}:tasks[:ret]  zsets  the agent's tasks by created_at [by retain_until]
     ns:{idx}:tasks[:ret]         zsets  every task by created_at [by retain_until]
     ns:{srv:<id>}:tasks          zset   tasks that held a credential for the server -> retain
+    ns:{pins:<id>}:pinned        hash   tool -> "sha256|at": pinned definitions (``_redis_pins``)
+    ns:{pins:<id>}:observed      hash   tool -> "sha256|at": what a guard last observed
     ns:revocations               stream the revocation feed (XADD MAXLEN ~ 100000)
 
 All task keys expire at the task's ``retain_until`` (extended when a credential outlives it), so
@@ -61,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -86,6 +88,7 @@ from broker.adapters.store._redis_codec import (
 )
 from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
+from broker.adapters.store._redis_pins import RedisToolPins
 from broker.app.ports import Quotas
 from broker.core.approvals import ApprovalRecord
 from broker.core.errors import (
@@ -104,6 +107,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tooldefs import ToolPin
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +158,7 @@ class RedisStore:
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
         self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
+        self._pins = RedisToolPins(client, namespace, self._guard)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -557,6 +562,19 @@ class RedisStore:
         return await self._feed.last_cursor()
 
     # -- housekeeping --------------------------------------------------------------------------
+
+    # -- tool definition pins (broker.adapters.store._redis_pins) ----------------------------------
+
+    async def tool_pins(self, server: str) -> Mapping[str, ToolPin]:
+        return await self._pins.tool_pins(server)
+
+    async def observe_tools(
+        self, server: str, observed: Mapping[str, str], now: float
+    ) -> tuple[Mapping[str, ToolPin], frozenset[str]]:
+        return await self._pins.observe_tools(server, observed, now)
+
+    async def set_tool_pin(self, server: str, tool: str, sha256: str, now: float) -> None:
+        await self._pins.set_tool_pin(server, tool, sha256, now)
 
     async def ping(self) -> None:
         async with self._guard.io():
