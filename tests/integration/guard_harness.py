@@ -9,13 +9,14 @@ can reach its upstream's process; test_guard_cli.py runs the command itself.
 from __future__ import annotations
 
 import contextlib
+import ssl
+import sys
 from collections.abc import AsyncIterator, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -24,24 +25,20 @@ from broker.client.sdk.channel import WorkloadCredentials
 from broker.client.sdk.client import BrokerClient
 from broker.client.verifier import VerifierSettings
 from tests.integration.conftest import Running
+from tests.support.node import filesystem_server_command
 
 ROOT = Path(__file__).resolve().parents[2]
-NODE_MODULES = ROOT / "node_modules" / "@modelcontextprotocol"
-FILESYSTEM = NODE_MODULES / "server-filesystem" / "dist" / "index.js"
-EVERYTHING = NODE_MODULES / "server-everything" / "dist" / "index.js"
 MINI = ROOT / "tests" / "support" / "mini_mcp.py"
 
 SETTINGS = VerifierSettings(stale_after=0.6, backoff_initial=0.05, backoff_max=0.2)
 
 
-def node_server(script: Path, *args: str) -> list[str]:
-    if not script.is_file():
-        pytest.fail(f"{script} is missing: run `make node-deps` (npm ci) first")
-    return ["node", str(script), *args]
-
-
 def filesystem_command(root: Path) -> list[str]:
-    return node_server(FILESYSTEM, str(root))
+    return filesystem_server_command(root)
+
+
+def mini_command(description_file: Path) -> list[str]:
+    return [sys.executable, str(MINI), str(description_file)]
 
 
 def options(running: Running, name: str, **overrides: Any) -> GuardOptions:
@@ -108,12 +105,31 @@ async def py_client(
     cert: Sequence[str] | None = None,
 ) -> AsyncIterator[PyClient]:
     bearer = SwitchingBearer(token)
-    http = httpx2.AsyncClient(
-        auth=bearer, verify=verify, cert=tuple(cert) if cert else None, timeout=30.0
-    )
+    if isinstance(verify, str):  # a CA bundle, and maybe a client certificate (mutual TLS)
+        context = ssl.create_default_context(cafile=verify)
+        if cert:
+            context.load_cert_chain(cert[0], cert[1])
+        verify = context
+    http = httpx2.AsyncClient(auth=bearer, verify=verify, timeout=30.0)
     async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as c:  # type: ignore[arg-type]
         yield PyClient(c, bearer)
 
 
 def text_of(result: Any) -> str:
     return "".join(getattr(c, "text", "") for c in result.content)
+
+
+async def post_call(
+    url: str, token: str | None, tool: str, arguments: dict[str, Any]
+) -> tuple[int, dict[str, Any]]:
+    """One tools/call as a bare HTTP POST (no session): status and JSON body."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments},
+    }
+    async with httpx2.AsyncClient(timeout=30.0) as http:
+        resp = await http.post(url, json=body, headers=headers)
+    return resp.status_code, resp.json()
