@@ -29,6 +29,7 @@ from broker.cli.output import (
     table,
     when,
 )
+from broker.cli.pins import pin, pins
 from broker.core.durations import parse_duration
 
 STATES = {
@@ -302,7 +303,7 @@ def revoke_agent(agent: str, reason: str, dry_run: bool, as_json: bool) -> None:
 
 @click.group("servers")
 def servers() -> None:
-    """Kill switches per MCP server."""
+    """Kill switches per MCP server, and the pins of its tool definitions."""
 
 
 @servers.command("revoke")
@@ -318,6 +319,10 @@ def revoke_server(server: str, reason: str, dry_run: bool, as_json: bool) -> Non
             admin_pb2.RevokeServerRequest(server=server, reason=reason, dry_run=dry_run),
         )
     _print_revoke(resp, as_json, f"server {server}")
+
+
+servers.add_command(pins)
+servers.add_command(pin)
 
 
 @click.command("revoke")

@@ -83,7 +83,9 @@ class Catalog:
                 except ValueError as exc:
                     log.warning("tool %r: definition not digestible, not listed: %s", name, exc)
             due = time.monotonic() - self._synced_at >= self.resync_every
-            if force_sync or due or digests != self._synced:
+            # while a tool is held back as changed, ask every time: a re-pin takes effect at once
+            held = any(s is PinStatus.CHANGED for s in self._status.values())
+            if force_sync or due or held or digests != self._synced:
                 result = await self.authority.sync_tools(digests)
                 self.policy = result.server
                 self._status = dict(result.tools)

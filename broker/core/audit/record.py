@@ -50,6 +50,9 @@ KNOWN_EVENTS = frozenset(
         "approval.reject",
         "key.rotate",
         "policy.reload",
+        "tool.pinned",  # a guard saw a registry tool's definition first: pinned (broker guard)
+        "tool.changed",  # a definition differs from its pin: a rug pull until re-pinned
+        "tool.repinned",  # an operator re-pinned a tool to its observed definition
     }
 )
 """The events the broker records. Others are accepted if they match ``EVENT_RE``."""
