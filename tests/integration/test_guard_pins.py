@@ -126,16 +126,16 @@ async def test_a_rug_pull_is_neither_listed_nor_callable_and_is_audited(
             assert await listed(mini.url, first.token) == ["greet"]
             pinned = events(running, "tool.pinned")
             assert [(e["server"], e["tool"]) for e in pinned] == [(MINI, "greet")]
-            status, body = await post_call(mini.url, first.token, "greet", HI)
+            _, body = await post_call(mini.url, first.token, "greet", HI)
             assert body["result"]["content"][0]["text"] == "Hello, Ada!"
             # outside the registry: not callable, and nothing is consumed
             second = await task.credential("mini", "greet", HI)
-            status, body = await post_call(mini.url, second.token, "crash", {})
+            _, body = await post_call(mini.url, second.token, "crash", {})
             assert body["error"]["data"]["reason"] == "UNKNOWN_TOOL"
 
             description.write_text(POISONED)  # the rug pull
             assert await listed(mini.url, second.token) == []
-            status, body = await post_call(mini.url, second.token, "greet", HI)
+            _, body = await post_call(mini.url, second.token, "greet", HI)
             assert body["error"]["data"]["reason"] == "TOOL_CHANGED"
             assert "broker servers pins mini" in body["error"]["message"]
             changed = events(running, "tool.changed")
@@ -161,5 +161,5 @@ async def test_a_rug_pull_is_neither_listed_nor_callable_and_is_audited(
             # reviewed and re-pinned: listed and callable again, with the credential that was
             # refused above (a refusal for a tool that is not offered spends nothing)
             assert await listed(mini.url, second.token) == ["greet"]
-            status, body = await post_call(mini.url, second.token, "greet", HI)
+            _, body = await post_call(mini.url, second.token, "greet", HI)
             assert body["result"]["content"][0]["text"] == "Hello, Ada!"
