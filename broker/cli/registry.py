@@ -51,7 +51,8 @@ def suggest(
 async def _list(
     url: str | None, command: list[str], *, wait: float
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from broker.client.guard.upstream import HttpUpstream, StdioUpstream, Upstream
+    from broker.client.guard.upstream import StdioUpstream, Upstream
+    from broker.client.guard.upstream_http import HttpUpstream
 
     upstream: Upstream = HttpUpstream(url) if url else StdioUpstream(command)
     await upstream.start()

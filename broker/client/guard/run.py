@@ -23,7 +23,8 @@ import uvicorn
 from broker.client.guard.app import GuardApp
 from broker.client.guard.catalog import Catalog
 from broker.client.guard.tls import PeerCertH11Protocol, server_ssl_options
-from broker.client.guard.upstream import HttpUpstream, StdioUpstream, Upstream
+from broker.client.guard.upstream import StdioUpstream, Upstream
+from broker.client.guard.upstream_http import HttpUpstream
 from broker.client.mcp.enforce import Enforcer
 from broker.client.sdk.channel import WorkloadCredentials
 from broker.client.verifier import BaseVerifier, OfflineVerifier, OnlineVerifier, VerifierSettings
