@@ -1,11 +1,11 @@
-"""The MCP server behind the guard: a stdio command the guard starts and supervises (here), or
-a streamable HTTP URL (``upstream_http``). Either way ONE upstream connection serves every client
-of the guard: the guard initializes it once itself (protocol 2025-11-25, the revision
-unmodified servers speak), numbers its own requests (clients' JSON-RPC ids never reach the upstream) and answers the
-upstream's own requests (roots, sampling, elicitation) with METHOD_NOT_FOUND: the guard offers
-no client capabilities, so a well-behaved server sends none.
+"""The MCP server behind the guard: a stdio command the guard starts and supervises (here),
+or a streamable HTTP URL (``upstream_http``). Either way ONE upstream connection serves every
+client of the guard: the guard initializes it once itself (protocol 2025-11-25, the revision
+unmodified servers speak), numbers its own requests (clients' JSON-RPC ids never reach the
+upstream) and answers the upstream's own requests (roots, sampling, elicitation) with
+METHOD_NOT_FOUND: the guard offers no client capabilities, so a well-behaved server sends none.
 
-    upstream = StdioUpstream(["npx", "@modelcontextprotocol/server-filesystem", "/srv"])
+    upstream = StdioUpstream(["node", ".../server-filesystem/dist/index.js", "/srv"])
     await upstream.start()           # spawn, initialize; restarts with back-off when it dies
     tools = await upstream.request("tools/list", {})
 """
