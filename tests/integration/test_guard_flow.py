@@ -67,6 +67,7 @@ async def test_allowed_read_with_the_agent_sdk(
         result = await fs.call_tool("read_text_file", READ)
         assert not result.is_error
         assert "retry with backoff" in "".join(getattr(c, "text", "") for c in result.content)
+        await files.app.enforcer.flush()  # trusted and clean: reported after the answer
     events = [r.body for r in running.sink.records]
     reported = [e for e in events if e.get("event") == "outcome.report"]
     assert [e["tool"] for e in reported] == ["read_text_file"]

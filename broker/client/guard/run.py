@@ -115,7 +115,9 @@ class Guard:
         shown = f"[{host}]" if ":" in host else host
         self.url = options.public_url or f"{scheme}://{shown}:{self.port}/mcp"
         self.app = GuardApp(
-            enforcer=Enforcer(self.verifier, allowed_hosts=options.allowed_hosts),
+            enforcer=Enforcer(
+                self.verifier, allowed_hosts=options.allowed_hosts, report_trusted_later=True
+            ),
             upstream=self.upstream,
             catalog=self.catalog,
             resource_url=self.url,
@@ -209,6 +211,7 @@ class Guard:
         for task in list(self._tasks):
             task.cancel()
         await self.upstream.aclose()
+        await self.app.enforcer.flush()
         await self.verifier.aclose()
         with contextlib.suppress(OSError):
             self._sock.close()

@@ -17,15 +17,17 @@ back, and the outcome report with its withhold rule.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 import orjson
 
 from broker.client.verifier import VerifiedCall, Verifier
 from broker.core.errors import BrokerError, Reason, Unauthenticated
+from broker.core.model import Taint
 from broker.core.sanitizer import SUSPECT, Finding, sanitize
 
 log = logging.getLogger("broker.mcp")
@@ -100,11 +102,28 @@ class Enforcer:
     """The per-call check and the release of results for one MCP server (see the module doc).
 
     ``allowed_hosts``: hosts links and images in results may point at.
+    ``report_trusted_later``: a result that is released whatever its report does (trusted
+    content, nothing suspect found) is returned at once and reported in the background (saves
+    the report's round trip, ~1 ms, on the call's latency; ``flush`` waits for pending reports).
+    Anything else is reported first, as the withhold rule needs.
     """
 
-    def __init__(self, verifier: Verifier, *, allowed_hosts: Collection[str] = ()) -> None:
+    def __init__(
+        self,
+        verifier: Verifier,
+        *,
+        allowed_hosts: Collection[str] = (),
+        report_trusted_later: bool = False,
+    ) -> None:
         self.verifier = verifier
         self.allowed_hosts = tuple(allowed_hosts)
+        self.report_trusted_later = report_trusted_later
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def flush(self) -> None:
+        """Wait for the outcome reports still in flight (before closing the verifier)."""
+        while self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
 
     async def admit(
         self,
@@ -151,14 +170,20 @@ class Enforcer:
         findings: list[Finding] = []
         cleaned = clean(result, self.allowed_hosts, findings)
         suspect = [f for f in findings if f.severity == SUSPECT][:MAX_FINDINGS]
+        report = self.verifier.report_outcome(
+            call,
+            succeeded=succeeded,
+            result_sha256=result_digest(cleaned),
+            trusted=trusted,
+            findings=[(f.kind, f.detail[:MAX_DETAIL]) for f in suspect],
+        )
+        if trusted is True and not suspect and self.report_trusted_later:
+            task = asyncio.get_running_loop().create_task(self._report_quietly(call, report))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+            return cleaned
         try:
-            taint = await self.verifier.report_outcome(
-                call,
-                succeeded=succeeded,
-                result_sha256=result_digest(cleaned),
-                trusted=trusted,
-                findings=[(f.kind, f.detail[:MAX_DETAIL]) for f in suspect],
-            )
+            taint = await report
         except BrokerError as exc:
             if suspect or trusted is not True:
                 log.warning("tool %s: outcome not reported (%s): result withheld", call.tool, exc)
@@ -174,6 +199,13 @@ class Enforcer:
                 taint.label,
             )
         return cleaned
+
+    @staticmethod
+    async def _report_quietly(call: VerifiedCall, report: Awaitable[Taint]) -> None:
+        try:
+            await report
+        except BrokerError as exc:
+            log.warning("tool %s: outcome not reported: %s", call.tool, exc)
 
     async def report_failure(self, call: VerifiedCall, trusted: bool | None) -> None:
         """The call ran and failed without a result: report it (best effort)."""
