@@ -14,7 +14,7 @@ from broker.app import feed
 from broker.client.sdk.client import BrokerClient
 from broker.core.errors import PermissionDenied, Reason
 from broker.core.model import Taint
-from tests.integration.conftest import Running, start_broker
+from tests.integration.conftest import DEV, Running, start_broker
 from tests.integration.guard_harness import (
     agent,
     filesystem_command,
@@ -209,3 +209,35 @@ async def test_http_upstream_with_both_clients(running: Running, demo: BrokerCli
             )
             assert run.connected, run.connect.error
             assert run.steps[0].text == "Echo: hello"
+
+
+async def test_prompts_and_resources_pass_only_when_the_registry_allows_them(
+    pki: Path, fast_heartbeat: None, tmp_path: Path
+) -> None:
+    registry = tmp_path / "registry.yaml"
+    text = (DEV / "registry.yaml").read_text()
+    marker = "    name: everything\n"
+    registry.write_text(text.replace(marker, marker + "    allow: [prompts]\n"))
+    running = await start_broker(pki, registry=str(registry))
+    try:
+        async with (
+            agent(running) as demo,
+            guard(running, "everything", upstream_command=everything_server_command()) as every,
+            demo.task("list prompts") as task,
+        ):
+            cred = await task.credential("everything", "echo", {"message": "x"})
+            run = await run_ts_client(
+                {
+                    "url": every.url,
+                    "headers": bearer(cred.token),
+                    "steps": [{"op": "list_prompts"}, {"op": "list_resources"}],
+                }
+            )
+            assert run.connected, run.connect.error
+            assert "prompts" in run.connect.result["capabilities"]
+            assert "resources" not in run.connect.result["capabilities"]
+            prompts, resources = run.steps
+            assert prompts.ok and prompts.result["prompts"], prompts.error
+            assert resources.error["data"]["reason"] == "NOT_ALLOWED"
+    finally:
+        await running.close()

@@ -146,6 +146,43 @@ async def test_no_credential_is_401_with_reason_and_resource_metadata(files: Gua
     assert "NO_CREDENTIAL" in repr(exc.value)
 
 
+async def test_both_protocol_revisions_are_answered(files: Guard, demo: BrokerClient) -> None:
+    task = await demo.begin_task("probe the protocol")
+    cred = await task.credential("files", "list_allowed_directories", {})
+    auth = {"authorization": f"Bearer {cred.token}"}
+    async with httpx2.AsyncClient() as http:
+        modern = await http.post(
+            files.url,
+            json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}},
+            headers={**auth, "mcp-protocol-version": "2026-07-28"},
+        )
+        found = modern.json()["result"]
+        assert found["supportedVersions"] == ["2026-07-28"]
+        assert found["resultType"] == "complete"
+        assert found["capabilities"] == {"tools": {"listChanged": False}}
+        assert "mcp-session-id" not in modern.headers  # stateless
+        legacy = await http.post(
+            files.url,
+            json={
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}},
+            },
+            headers=auth,
+        )
+        assert legacy.json()["result"]["protocolVersion"] == "2025-06-18"
+        assert legacy.json()["result"]["serverInfo"]["name"] == "secure-filesystem-server"
+        assert legacy.headers["mcp-session-id"]
+        forgotten = await http.post(
+            files.url,
+            json={"jsonrpc": "2.0", "id": 3, "method": "ping"},
+            headers={**auth, "mcp-session-id": "not-a-session"},
+        )
+        assert forgotten.status_code == 404
+    await task.end("done")
+
+
 async def test_end_task_kills_a_leftover_credential_within_a_second(
     files: Guard, demo: BrokerClient
 ) -> None:

@@ -50,7 +50,7 @@ def test_dev_registry_loads_as_api_md_describes() -> None:
     files, everything = reg.server("files"), reg.server("everything")
     assert files.content_trust is ContentTrust.TRUSTED and not files.allow
     assert everything.content_trust is ContentTrust.UNTRUSTED
-    assert everything.allow == {"resources", "prompts"}
+    assert not everything.allow  # untrusted: resources and prompts could not taint a task
     writes = {t.name for t in files.tools.values() if t.risk is Risk.WRITE}
     assert writes == {"write_file", "edit_file", "create_directory", "move_file"}
     assert len(files.tools) == 14
@@ -365,3 +365,11 @@ def test_other_trust_domain_refuses_the_dev_registry() -> None:
     with pytest.raises(ConfigError) as err:
         load_registry(DEV_REGISTRY, "prod.example")
     assert err.value.key == "servers[0].spiffe_id"
+
+
+def test_allow_lists_what_a_guard_passes_besides_tools() -> None:
+    data = dev_data()
+    _set("servers.0.allow", ["prompts", "resources"])(data)
+    reg = parse_registry(data, TD)
+    assert reg.servers[0].allow == {"prompts", "resources"}
+    assert not reg.servers[1].allow  # default: nothing but tools

@@ -272,8 +272,12 @@ class GuardApp:
         except UpstreamUnavailable as exc:
             return self._upstream_down(message, str(exc))
         except UpstreamError as exc:
-            return Reply(200, {"jsonrpc": "2.0", "id": message.id, "error": exc.error})
-        return Reply(200, jsonrpc.result(message.id, value if isinstance(value, dict) else {}))
+            error = clean_tool_result(exc.error, self.enforcer.allowed_hosts, [])
+            return Reply(200, {"jsonrpc": "2.0", "id": message.id, "error": error})
+        # No credential names a task here, so nothing can be reported or tainted: the text is
+        # sanitized and the registry should allow resources/prompts only of trusted servers.
+        cleaned = clean_tool_result(value, self.enforcer.allowed_hosts, [])
+        return Reply(200, jsonrpc.result(message.id, cleaned if isinstance(cleaned, dict) else {}))
 
     # -- tools/call ----------------------------------------------------------------------------
 
@@ -318,9 +322,14 @@ class GuardApp:
             value = await self.upstream.request(
                 "tools/call", {"name": tool, "arguments": arguments}, seconds=self.call_timeout
             )
-        except UpstreamError as exc:
-            await self.enforcer.report_failure(call, trusted)
-            return Reply(200, {"jsonrpc": "2.0", "id": message.id, "error": exc.error})
+        except UpstreamError as exc:  # the model reads error text too: sanitized and reported
+            try:
+                cleaned_error = await self.enforcer.release(
+                    call, exc.error, trusted=trusted, succeeded=False, clean=clean_tool_result
+                )
+            except Withheld as withheld:
+                cleaned_error = {"code": jsonrpc.INTERNAL_ERROR, "message": str(withheld)}
+            return Reply(200, {"jsonrpc": "2.0", "id": message.id, "error": cleaned_error})
         except UpstreamUnavailable as exc:
             await self.enforcer.report_failure(call, trusted)
             return self._upstream_down(message, str(exc))

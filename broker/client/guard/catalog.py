@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from broker.client.guard.upstream import Upstream
+from broker.core.sanitizer import sanitize
 from broker.core.tooldefs import CALLABLE, PinStatus, ServerPolicy, SyncResult, tool_digest
 
 log = logging.getLogger("broker.guard")
@@ -44,6 +45,30 @@ class ToolRefused(Exception):
         super().__init__(message)
         self.reason = reason
         self.message = message
+
+
+_TEXTS = frozenset({"description", "title"})
+
+
+def _clean_texts(value: Any, tool: str) -> Any:
+    """A tool definition as listed: its descriptions and titles (at any depth, the input
+    schema's too) sanitized, as a model reads them; names, types and enums left exact. The pin
+    digest is taken of the definition as the upstream sent it."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if key in _TEXTS and isinstance(item, str):
+                cleaned = sanitize(item)
+                if cleaned.findings:
+                    kinds = ", ".join(sorted({f.kind for f in cleaned.findings}))
+                    log.warning("tool %r: its %s was sanitized (%s)", tool, key, kinds)
+                out[key] = cleaned.text
+            else:
+                out[key] = _clean_texts(item, tool)
+        return out
+    if isinstance(value, list):
+        return [_clean_texts(v, tool) for v in value]
+    return value
 
 
 class Catalog:
@@ -99,7 +124,9 @@ class Catalog:
                             name,
                             result.server.name,
                         )
-            self._definitions = {n: d for n, d in definitions.items() if n in digests}
+            self._definitions = {
+                n: _clean_texts(d, n) for n, d in definitions.items() if n in digests
+            }
             self._digests = digests
             self._generation += 1
 

@@ -60,37 +60,22 @@ def clean_value(value: Any, hosts: tuple[str, ...], findings: list[Finding]) -> 
     return value
 
 
-_BINARY_KEYS = frozenset({"data", "blob"})  # base64 of images, audio, blobs: not text for a model
+# base64 of images, audio and blobs, and labels: not text for a model
+_LEFT_ALONE = frozenset({"data", "blob", "mimeType", "type", "_meta"})
 
 
 def clean_tool_result(value: Any, hosts: tuple[str, ...], findings: list[Finding]) -> Any:
-    """An MCP ``CallToolResult`` (JSON) with every text a model reads sanitized: content text,
-    embedded resource text, structured content; base64 payloads and ``_meta`` left alone."""
-    if not isinstance(value, dict):
-        return clean_value(value, hosts, findings)
-    cleaned: dict[str, Any] = {}
-    for key, item in value.items():
-        if key == "_meta":
-            cleaned[key] = item
-        elif key == "content" and isinstance(item, list):
-            cleaned[key] = [_clean_block(b, hosts, findings) for b in item]
-        else:
-            cleaned[key] = clean_value(item, hosts, findings)
-    return cleaned
-
-
-def _clean_block(block: Any, hosts: tuple[str, ...], findings: list[Finding]) -> Any:
-    if not isinstance(block, dict):
-        return clean_value(block, hosts, findings)
-    out: dict[str, Any] = {}
-    for key, item in block.items():
-        if key in _BINARY_KEYS or key in ("type", "mimeType", "_meta"):
-            out[key] = item
-        elif key == "resource" and isinstance(item, dict):
-            out[key] = _clean_block(item, hosts, findings)
-        else:
-            out[key] = clean_value(item, hosts, findings)
-    return out
+    """An MCP result (JSON: a ``CallToolResult``, resource contents, prompt messages, an error)
+    with every text a model reads sanitized, at any depth; base64 payloads (``data``, ``blob``),
+    ``mimeType``, ``type`` and ``_meta`` are left alone."""
+    if isinstance(value, dict):
+        return {
+            k: v if k in _LEFT_ALONE else clean_tool_result(v, hosts, findings)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [clean_tool_result(v, hosts, findings) for v in value]
+    return clean_value(value, hosts, findings)
 
 
 def result_digest(value: Any) -> str:
