@@ -36,6 +36,7 @@ ECHO = {"message": "retry with backoff"}
 READ = {"path": "notes.txt"}
 INFLIGHT = (1, 8)
 PAIRS = ("guard_echo_http", "guard_read_stdio")
+RATE = 1000  # guarded calls per second to mint credentials for (more than measured, 2 cores)
 HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 
 
@@ -273,8 +274,8 @@ async def _pair(
 def _supply(ctx: Context) -> int:
     """Credentials one guarded series may use (generous: a guarded call takes >= ~1 ms)."""
     s = ctx.settings
-    per_run = 1500 * (s.duration + 0.2)
-    return int((s.warmup + s.runs * (s.duration + 0.2)) * 1500 + per_run) * len(INFLIGHT)
+    per_run = RATE * (s.duration + 0.2)
+    return int((s.warmup + s.runs * (s.duration + 0.2)) * RATE + per_run) * len(INFLIGHT)
 
 
 async def guard_vs_direct(ctx: Context) -> dict[str, list[dict[str, float]]]:
