@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from broker.app.credentials import Broker
-from broker.core.audit.record import AuditEvent
+from broker.core.audit.record import AuditEvent, AuditEventName
 from broker.core.errors import InvalidRequest, NotFound, Reason
 from broker.core.registry import ContentTrust, ServerEntry
 from broker.core.spiffe import PeerIdentity
@@ -45,7 +45,9 @@ class ToolPins:
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def _audit(self, event: str, peer: PeerIdentity, server: str, tool: str, **extra: str) -> None:
+    def _audit(
+        self, event: AuditEventName, peer: PeerIdentity, server: str, tool: str, **extra: str
+    ) -> None:
         self.broker.audit.record(
             AuditEvent(
                 event=event,
@@ -73,13 +75,19 @@ class ToolPins:
                 verdicts[tool] = PinStatus.UNKNOWN
             elif tool in newly:
                 verdicts[tool] = PinStatus.PINNED
-                self._audit("tool.pinned", peer, server.spiffe_id, tool, sha256=pin.pinned_sha256)
+                self._audit(
+                    AuditEventName.TOOL_PINNED,
+                    peer,
+                    server.spiffe_id,
+                    tool,
+                    sha256=pin.pinned_sha256,
+                )
             elif pin.changed:
                 verdicts[tool] = PinStatus.CHANGED
                 seen = before.get(tool)
                 if seen is None or seen.observed_sha256 != pin.observed_sha256:
                     self._audit(
-                        "tool.changed",
+                        AuditEventName.TOOL_CHANGED,
                         peer,
                         server.spiffe_id,
                         tool,
@@ -119,7 +127,7 @@ class ToolPins:
                     server.spiffe_id, pin.tool, pin.observed_sha256, now
                 )
             self._audit(
-                "tool.repinned",
+                AuditEventName.TOOL_REPINNED,
                 peer,
                 server.spiffe_id,
                 pin.tool,

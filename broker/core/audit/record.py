@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -30,31 +31,43 @@ from broker.core.audit.scrub import is_denied_extra_key, looks_like_secret, reda
 GENESIS_PREV = "0" * 64
 """The ``prev`` of the first record (seq 0) of every chain."""
 
-KNOWN_EVENTS = frozenset(
-    {
-        "task.begin",
-        "task.end",
-        "credential.decision",
-        "credential.mint",
-        "credential.verify",
-        "credential.consume",
-        "outcome.report",
-        "revoke.task",
-        "revoke.agent",
-        "revoke.server",
-        "revoke.tier",
-        "revoke.issued_before",
-        "approval.request",
-        "approval.decide",
-        "approval.consume",
-        "approval.reject",
-        "key.rotate",
-        "policy.reload",
-        "tool.pinned",  # a guard saw a registry tool's definition first: pinned (broker guard)
-        "tool.changed",  # a definition differs from its pin: a rug pull until re-pinned
-        "tool.repinned",  # an operator re-pinned a tool to its observed definition
-    }
-)
+
+class AuditEventName(StrEnum):
+    """The events the broker records. The values are the ``event`` field of stored records:
+    they never change (docs/audit.md, and chains already written name them)."""
+
+    TASK_BEGIN = "task.begin"
+    TASK_END = "task.end"
+    CREDENTIAL_DECISION = "credential.decision"
+    CREDENTIAL_MINT = "credential.mint"
+    CREDENTIAL_VERIFY = "credential.verify"
+    CREDENTIAL_CONSUME = "credential.consume"
+    OUTCOME_REPORT = "outcome.report"
+    REVOKE_TASK = "revoke.task"
+    REVOKE_AGENT = "revoke.agent"
+    REVOKE_SERVER = "revoke.server"
+    REVOKE_TIER = "revoke.tier"
+    REVOKE_ISSUED_BEFORE = "revoke.issued_before"
+    REVOKE_CREDENTIAL = "revoke.credential"
+    APPROVAL_REQUEST = "approval.request"
+    APPROVAL_DECIDE = "approval.decide"
+    APPROVAL_CONSUME = "approval.consume"
+    APPROVAL_REJECT = "approval.reject"
+    KEY_ROTATE = "key.rotate"
+    POLICY_RELOAD = "policy.reload"
+    SECRET_ISSUE = "secret.issue"  # noqa: S105 - an event name, not a password
+    SECRET_REVOKE = "secret.revoke"  # noqa: S105 - an event name, not a password
+    TOOL_PINNED = "tool.pinned"  # a guard saw a registry tool's definition first: pinned
+    TOOL_CHANGED = "tool.changed"  # a definition differs from its pin: a rug pull until re-pinned
+    TOOL_REPINNED = "tool.repinned"  # an operator re-pinned a tool to its observed definition
+
+    @classmethod
+    def revoke(cls, kind: str) -> AuditEventName:
+        """``revoke.<kind>`` for a ``RevocationKind``; ValueError for any other kind."""
+        return cls(f"revoke.{kind}")
+
+
+KNOWN_EVENTS = frozenset(str(name) for name in AuditEventName)
 """The events the broker records. Others are accepted if they match ``EVENT_RE``."""
 
 EVENT_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
@@ -127,7 +140,7 @@ def _check_extra_value(key: str, value: object) -> ExtraValue:
             raise ValueError(f"{name}: must be a finite number within +-(2**53 - 1)")
         return value
     if isinstance(value, str):
-        return _clean_text(name, value)
+        return _clean_text(name, str(value))  # a StrEnum as its plain value
     raise ValueError(f"{name}: must be str, int, float or bool, not {type(value).__name__}")
 
 
@@ -164,6 +177,7 @@ class AuditEvent:
             raise ValueError(f"event: {self.event!r} is not a dotted lowercase name")
         if len(self.event) > 64:
             raise ValueError("event: longer than 64 characters")
+        object.__setattr__(self, "event", str(self.event))  # an AuditEventName as its plain value
         if isinstance(self.time, bool) or not isinstance(self.time, int | float):
             raise ValueError("time: must be a number of seconds since the epoch")
         if not math.isfinite(self.time) or not 0 <= self.time <= _MAX_EXACT:
