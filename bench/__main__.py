@@ -38,7 +38,8 @@ def log(message: str) -> None:
 
 def _put(figures: dict[str, Any], name: str, runs: list[dict[str, float]]) -> None:
     figures["runs"][name] = runs
-    for key in ("rps", "p50_ms", "p99_ms", "broker_cpu_us", "redis_cpu_us", "client_cpu_us"):
+    keys = ("rps", "p50_ms", "p99_ms", "broker_cpu_us", "redis_cpu_us", "client_cpu_us")
+    for key in (*keys, "guard_cpu_us"):
         if runs and key in runs[0]:
             figures[f"{name}_{key}"] = round(median(runs, key), 3 if key != "rps" else 1)
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx2
 import orjson
 
-from bench.load import Exhausted, Sample, closed_loop
+from bench.load import Exhausted, Sample, closed_loop, cpu_seconds
 from bench.procs import ROOT
 from bench.scenarios import PER_TASK, Context, TaskPool, _channels, _repeat, _struct
 from broker._proto.broker.v1 import agent_pb2, agent_pb2_grpc
@@ -260,15 +260,29 @@ async def _pair(
     label: str,
     direct: Callable[[int], Awaitable[None]],
     guarded: Callable[[int], Awaitable[None]],
+    guard_pid: int,
 ) -> None:
+    """Direct and guarded runs in turn; guarded runs also carry the guard process's CPU time
+    per call (``guard_cpu_us``): on a shared box latency says more about the neighbours, the
+    CPU a call costs the guard does not."""
+
+    async def measured(n: int, duration: float) -> Sample:
+        before = cpu_seconds(guard_pid)
+        sample = await closed_loop(guarded, n, duration)
+        if sample.count:
+            spent[n].append((cpu_seconds(guard_pid) - before) * 1e6 / sample.count)
+        return sample
+
+    spent: dict[int, list[float]] = {n: [] for n in INFLIGHT}
     for n in INFLIGHT:
         ctx.log(f"{label}: direct and through the guard @{n}")
         figures[f"{label}_direct_{n}"] = await _repeat(
             ctx, f"{label} direct@{n}", lambda d, n=n: closed_loop(direct, n, d), cpu=False
         )
-        figures[f"{label}_guard_{n}"] = await _repeat(
-            ctx, f"{label} guard@{n}", lambda d, n=n: closed_loop(guarded, n, d), cpu=False
-        )
+        runs = await _repeat(ctx, f"{label} guard@{n}", lambda d, n=n: measured(n, d), cpu=False)
+        for run, cpu in zip(runs, spent[n][-len(runs) :], strict=True):
+            run["guard_cpu_us"] = round(cpu)
+        figures[f"{label}_guard_{n}"] = runs
 
 
 def _supply(ctx: Context) -> int:
@@ -313,6 +327,7 @@ async def guard_vs_direct(ctx: Context) -> dict[str, list[dict[str, float]]]:
                 "guard_echo_http",
                 _http_caller(http, upstream, direct_headers, "echo", ECHO, None),
                 _http_caller(http, echo_url, guard_headers, "echo", ECHO, echo_tokens),
+                echo_guard.proc.pid,
             )
             stdio = StdioClient(fs_direct_proc)
             await stdio.start()
@@ -327,6 +342,7 @@ async def guard_vs_direct(ctx: Context) -> dict[str, list[dict[str, float]]]:
                 "guard_read_stdio",
                 direct_read,
                 _http_caller(http, fs_url, fs_headers, "read_text_file", READ, read_tokens),
+                fs_guard.proc.pid,
             )
             stdio.reader.cancel()
     finally:

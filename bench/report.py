@@ -233,6 +233,11 @@ def guard_table(results: dict[str, Any]) -> list[str]:
                 ]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append(
+            f"| {label} | guard CPU per call | | "
+            f"{_fmt(results.get(f'{prefix}_guard_1_guard_cpu_us'), ' us')} | | | "
+            f"{_fmt(results.get(f'{prefix}_guard_8_guard_cpu_us'), ' us')} | |"
+        )
+        lines.append(
             f"| {label} | added by the guard | | "
             f"{_fmt(results.get(f'{prefix}_added_p50_ms'), ' ms')} | "
             f"{_fmt(results.get(f'{prefix}_added_p99_ms'), ' ms')} | | "

@@ -132,7 +132,8 @@ async def test_mutual_tls_binds_the_credential_to_the_agent_certificate(
         ca = str(pki / "ca.crt")
         agent_pair = (str(pki / "agent-demo.crt"), str(pki / "agent-demo.key"))
         # the agent's own certificate: its SVID opens the session, the credential the call
-        async with py_client(files.url, None, verify=ca, cert=agent_pair) as client:
+        # (the Python SDK's default mode: 2026-07-28, stateless, as `broker gateway` speaks it)
+        async with py_client(files.url, None, verify=ca, cert=agent_pair, mode="auto") as client:
             tools = (await client.client.list_tools()).tools
             assert len(tools) == 14
             assert "retry" in text_of(await client.call(cred.token, "read_text_file", READ))
