@@ -112,10 +112,18 @@ def guard(
         upstream_url=upstream_url,
         upstream_command=list(command),
     )
+    from broker.core.errors import BrokerError
+
     try:
         asyncio.run(_serve(Guard, options))
     except ValueError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
+    except BrokerError as exc:  # e.g. the broker cannot be reached at start: fail, say why
+        raise CliError(
+            f"the guard could not start: {exc}",
+            ExitCode.UNAVAILABLE,
+            hint=f"is the broker running on {addr}, and does it trust {cert}?",
+        ) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {listen}: {exc}", ExitCode.ERROR) from None
 

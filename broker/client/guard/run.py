@@ -155,6 +155,9 @@ class Guard:
         while True:
             await asyncio.sleep(0.2)
             waited += 0.2
+            if not self.upstream.ready and waited >= 1.0:
+                waited = 0.0
+                await self.upstream.reconnect()
             ready = self.upstream.ready
             if (ready and not self._was_ready) or (ready and waited >= self.options.resync_every):
                 waited = 0.0

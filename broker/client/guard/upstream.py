@@ -76,6 +76,10 @@ class Upstream:
     async def aclose(self) -> None:
         raise NotImplementedError
 
+    async def reconnect(self) -> None:
+        """Try to bring a down upstream back (the guard calls it while ``ready`` is False);
+        a stdio upstream's supervisor does that by itself."""
+
     def _notify(self, message: dict[str, Any]) -> None:
         method = message.get("method")
         params = message.get("params")

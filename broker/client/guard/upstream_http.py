@@ -60,8 +60,11 @@ class HttpUpstream(Upstream):
         return self._ready
 
     async def start(self) -> None:
-        with contextlib.suppress(UpstreamUnavailable):
+        with contextlib.suppress(UpstreamUnavailable, UpstreamError):
             await self._connect()
+
+    async def reconnect(self) -> None:
+        await self.start()
 
     async def wait_ready(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
