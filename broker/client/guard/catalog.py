@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from broker.client.guard.upstream import Upstream
+from broker.core.errors import BrokerError
 from broker.core.sanitizer import sanitize
 from broker.core.tooldefs import CALLABLE, PinStatus, ServerPolicy, SyncResult, tool_digest
 
@@ -111,7 +112,11 @@ class Catalog:
             # while a tool is held back as changed, ask every time: a re-pin takes effect at once
             held = any(s is PinStatus.CHANGED for s in self._status.values())
             if force_sync or due or held or digests != self._synced:
-                result = await self.authority.sync_tools(digests)
+                try:
+                    result = await self.authority.sync_tools(digests)
+                except BrokerError as exc:
+                    self._unconfirmed(digests, exc)
+                    return
                 self.policy = result.server
                 self._status = dict(result.tools)
                 self._synced = digests
@@ -129,6 +134,19 @@ class Catalog:
             }
             self._digests = digests
             self._generation += 1
+
+    def _unconfirmed(self, digests: dict[str, str], exc: BrokerError) -> None:
+        """The broker could not be asked: tools whose definition is the one it last confirmed
+        stay as they were; a new or changed definition is held back until it can be asked."""
+        synced = self._synced or {}
+        for name in list(self._status):
+            if digests.get(name) != synced.get(name):
+                self._status[name] = PinStatus.UNKNOWN
+        for name in digests:
+            self._status.setdefault(name, PinStatus.UNKNOWN)
+        self._definitions = {n: d for n, d in self._definitions.items() if n in digests}
+        self._digests = digests
+        log.warning("tool pins not synced with the broker (%s): changes held back", exc)
 
     async def _list_upstream(self) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
