@@ -175,6 +175,7 @@ class GuardApp:
         return None
 
     def _unauthorized(self, message: Message, reason: str, said: str, *, invalid: bool) -> Reply:
+        log.info("%s refused with HTTP 401: %s", message.method or "a message", reason)
         text = f"{reason}: {said}"
         return Reply(
             401,
@@ -260,6 +261,7 @@ class GuardApp:
         }
 
     def _upstream_down(self, message: Message, said: str) -> Reply:
+        log.warning("%s refused: UPSTREAM_UNAVAILABLE: %s", message.method, said)
         return Reply(
             200,
             jsonrpc.refusal(message.id, jsonrpc.UPSTREAM_UNAVAILABLE, "UPSTREAM_UNAVAILABLE", said),
@@ -294,6 +296,7 @@ class GuardApp:
         try:
             self.catalog.check(tool)  # nothing consumed for a tool that is not offered
         except ToolRefused as exc:
+            log.info("tools/call %r refused: %s", tool[:128], exc.reason)
             return Reply(
                 200, jsonrpc.refusal(message.id, jsonrpc.INVALID_PARAMS, exc.reason, exc.message)
             )
