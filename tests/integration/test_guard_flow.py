@@ -5,6 +5,7 @@ the server, and each refusal says why."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,8 +93,9 @@ async def test_listing_shows_only_registry_tools_and_calls_need_their_own_creden
 
 
 async def test_refusals_name_their_reason_and_never_reach_the_server(
-    files: Guard, demo: BrokerClient, files_root: Path
+    files: Guard, demo: BrokerClient, files_root: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     async with demo.task("probe the guard") as task:
         read = await task.credential("files", "read_text_file", READ)
         other = await task.credential("files", "read_text_file", {"path": "other.txt"})
@@ -120,6 +122,11 @@ async def test_refusals_name_their_reason_and_never_reach_the_server(
             )
         assert resp.status_code == 401
         assert resp.json()["error"]["data"]["reason"] == "WRONG_AUDIENCE"
+    logged = caplog.text
+    assert "TOOL_MISMATCH" in logged  # the refusals are in the log ...
+    for token in (read.token, other.token, foreign.token):  # ... the credentials never
+        assert token not in logged
+        assert token.split(".")[2] not in logged
 
 
 async def test_no_credential_is_401_with_reason_and_resource_metadata(files: Guard) -> None:
