@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -93,6 +94,11 @@ def guard(
     if (upstream_url is None) == (not command):
         raise CliError(
             "give exactly one upstream: --upstream URL, or -- COMMAND [ARGS...]", ExitCode.USAGE
+        )
+    if command and shutil.which(command[0]) is None:
+        raise CliError(
+            f"the upstream command {command[0]!r} was not found (not a file, not on PATH)",
+            ExitCode.USAGE,
         )
     addr, ca, cert, key = _svid(settings)
     logging.basicConfig(

@@ -133,6 +133,14 @@ def test_guard_usage_errors_say_what_to_do(tmp_path: Path) -> None:
         check=False,
     )
     assert no_svid.returncode == 2 and "--cert and --key" in no_svid.stderr
+    typo = subprocess.run(
+        [*BROKER, "guard", "--listen", "127.0.0.1:0", "--", "nodee", "server.js"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert typo.returncode == 2 and "'nodee' was not found" in typo.stderr
 
 
 def test_registry_suggest_prints_a_registry_entry_to_review(tmp_path: Path) -> None:
