@@ -91,8 +91,8 @@ TARGETS = (
         "<=", 200.0, " B",
     ),
     Target(
-        "guard_added_p50", "broker guard: added p50 @1 (echo, HTTP upstream)",
-        "guard_echo_http_added_p50_ms", None, "<=", 2.0, " ms",
+        "guard_added_p50", "broker guard: added p50 @1 (server-filesystem read, stdio)",
+        "guard_read_stdio_added_p50_ms", None, "<=", 2.0, " ms",
     ),
 )  # fmt: skip
 
