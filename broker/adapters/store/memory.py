@@ -22,6 +22,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tokens.keys import PublishedKey
 from broker.core.tooldefs import ToolPin
 
 MAX_EVENTS = 100_000  # revocation feed retention (by count)
@@ -39,6 +40,7 @@ class MemoryStore:
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
         self._changed = asyncio.Condition()
+        self._published: dict[str, PublishedKey] = {}  # signing keys of the replicas, by kid
         self._lock = asyncio.Lock()
         self._pins: dict[str, dict[str, ToolPin]] = {}  # server -> tool -> pin
 
@@ -349,6 +351,19 @@ class MemoryStore:
         pin = pins.get(tool)
         observed = (pin.observed_sha256, pin.observed_at) if pin else (sha256, now)
         pins[tool] = ToolPin(tool, sha256, now, *observed)
+
+    # -- signing keys shared by replicas -----------------------------------------------------
+
+    async def publish_keys(self, keys: Sequence[PublishedKey], *, now: float) -> None:
+        for key in keys:
+            known = self._published.get(key.kid)
+            if known is None or key.until > known.until:
+                self._published[key.kid] = key
+        for kid in [k for k, v in self._published.items() if v.until <= now]:
+            del self._published[kid]
+
+    async def published_keys(self, now: float) -> Sequence[PublishedKey]:
+        return [key for key in self._published.values() if key.until > now]
 
     async def ping(self) -> None:
         return None

@@ -21,6 +21,7 @@ either ran or did not: no caller ever sees half of a change. Key layout (``ns`` 
     ns:{pins:<id>}:pinned        hash   tool -> "sha256|at": pinned definitions (``_redis_pins``)
     ns:{pins:<id>}:observed      hash   tool -> "sha256|at": what a guard last observed
     ns:revocations               stream the revocation feed (XADD MAXLEN ~ 100000)
+    ns:{keys}:pub, :until        hash, zset  public signing keys of every replica (``_redis_keys``)
 
 All task keys expire at the task's ``retain_until`` (extended when a credential outlives it), so
 the tombstone outlives the task's longest credential. Expiry is bookkeeping only: verification
@@ -88,6 +89,7 @@ from broker.adapters.store._redis_codec import (
 )
 from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
+from broker.adapters.store._redis_keys import RedisPublishedKeys
 from broker.adapters.store._redis_pins import RedisToolPins
 from broker.app.ports import Quotas
 from broker.core.approvals import ApprovalRecord
@@ -108,6 +110,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tokens.keys import PublishedKey
 from broker.core.tooldefs import ToolPin
 
 log = logging.getLogger(__name__)
@@ -160,6 +163,7 @@ class RedisStore:
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
         self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
         self._pins = RedisToolPins(client, namespace, self._guard)
+        self._published = RedisPublishedKeys(client, namespace, self._run)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -576,6 +580,14 @@ class RedisStore:
 
     async def set_tool_pin(self, server: str, tool: str, sha256: str, now: float) -> None:
         await self._pins.set_tool_pin(server, tool, sha256, now)
+
+    # -- signing keys shared by replicas (``_redis_keys``) -------------------------------------
+
+    async def publish_keys(self, keys: Sequence[PublishedKey], *, now: float) -> None:
+        await self._published.publish(keys, now)
+
+    async def published_keys(self, now: float) -> Sequence[PublishedKey]:
+        return await self._published.read(now)
 
     async def ping(self) -> None:
         async with self._guard.io():
