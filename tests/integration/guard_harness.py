@@ -91,7 +91,10 @@ class PyClient:
     seen: list[httpx2.Response] = field(default_factory=list)
 
     async def call(self, token: str | None, tool: str, arguments: dict[str, Any]) -> Any:
+        """The SDK lists the tools to check a result's schema: listed first, while the
+        credential is unused (a used one is refused at every request, as by ToolGuard)."""
         self.bearer.token = token
+        await self.client.list_tools()
         return await self.client.call_tool(tool, arguments)
 
 

@@ -19,7 +19,14 @@ from broker.client.guard.run import Guard
 from broker.client.sdk.client import BrokerClient
 from broker.client.sdk.mcp import McpTools
 from tests.integration.conftest import Running, start_broker
-from tests.integration.guard_harness import agent, filesystem_command, guard, py_client, text_of
+from tests.integration.guard_harness import (
+    agent,
+    filesystem_command,
+    guard,
+    post_call,
+    py_client,
+    text_of,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -231,11 +238,10 @@ async def test_upstream_crash_clear_error_restart_and_no_credential_spent(
         os.killpg(pid, signal.SIGKILL)
         while upstream.ready:  # noqa: ASYNC110 - a flag of the upstream, no event
             await asyncio.sleep(0.01)
-        async with py_client(files.url, cred.token) as client:
-            with pytest.raises(MCPError) as exc:
-                await client.call(cred.token, "read_text_file", READ)
-            assert exc.value.error.data["reason"] == "UPSTREAM_UNAVAILABLE"
-            assert "restarting" in exc.value.error.message
+        # a tools/call while the upstream is down: a clear error, and the credential untouched
+        status, body = await post_call(files.url, cred.token, "read_text_file", READ)
+        assert status == 200 and body["error"]["data"]["reason"] == "UPSTREAM_UNAVAILABLE"
+        assert "restarting" in body["error"]["message"]
         for _ in range(200):  # restarted with back-off (0.05 s in tests)
             if upstream.ready:
                 break
