@@ -160,10 +160,16 @@ class BrokerProc:
 
 
 def start_broker(
-    directory: Path, store_url: str, *, workers: int, per_agent_quota: int = 10_000_000
+    directory: Path,
+    store_url: str,
+    *,
+    workers: int,
+    per_agent_quota: int = 10_000_000,
+    settings: dict[str, object] | None = None,
 ) -> BrokerProc:
     """`broker serve` with the dev registry and policies, a JSON lines audit file, signing keys
-    in ``directory/keys`` (the harness signs offline-verify tokens with the same key)."""
+    in ``directory/keys`` (the harness signs offline-verify tokens with the same key).
+    ``settings``: config sections to add (e.g. ``{"tasks": {"retention_seconds": 60}}``)."""
     from broker.adapters.pki import ensure_dev_pki
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -188,6 +194,7 @@ def start_broker(
         "tasks": {"max_live_per_agent": 1_000_000},  # likewise its cap on live tasks
         "audit": {"sinks": [f"jsonl:{directory / 'audit.jsonl'}"]},
         "log_level": "warning",
+        **(settings or {}),
     }
     path = directory / "broker.yaml"
     path.write_bytes(orjson.dumps(config))  # JSON is YAML

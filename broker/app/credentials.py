@@ -96,6 +96,7 @@ TASKS_CACHED = 4096  # task records a replica keeps for minting without a store 
 class Limits:
     task_max_ttl: float = 3600.0
     task_default_ttl: float = 900.0
+    task_retention: float = TASK_RETENTION
     quotas: Quotas = field(default_factory=Quotas)
     leeway: float = 5.0
     max_delegation_depth: int = 3
@@ -235,7 +236,7 @@ class Broker:
         )
         await self.store.create_task(
             task,
-            retain_until=expires_at + TASK_RETENTION,
+            retain_until=expires_at + self.limits.task_retention,
             max_live_per_agent=self.limits.max_live_tasks_per_agent,
         )
         self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})

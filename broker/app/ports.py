@@ -18,7 +18,7 @@ the same contract suite (tests/contract). Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from broker.core.model import (
     TaskState,
 )
 from broker.core.tokens.keys import KeyInfo, PublishedKey
+from broker.core.tooldefs import ToolPin
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,12 @@ class Quotas:
 
     per_task: int = 64  # live (unexpired, unconsumed) credentials per task
     per_agent: int = 1024  # live credentials per agent, across its tasks
+
+
+# The revocation feed keeps events for at least this long (and at most about 100,000 of them):
+# far longer than any credential lives (300 s at most), so that a verifier that was away for
+# less than the window misses nothing. A quiet feed's events go once the window has passed.
+REVOCATION_WINDOW = 3600.0
 
 
 class TaintRose(Exception):
@@ -189,7 +196,8 @@ class Store(Protocol):
         ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
-        """Events after ``cursor`` ("" = from the beginning of what is retained)."""
+        """Events after ``cursor`` ("" = from the beginning of what is retained: at least
+        ``REVOCATION_WINDOW`` seconds of events, as long as there are fewer than 100,000)."""
         ...
 
     def watch_revocations(self, cursor: str) -> AsyncIterator[RevocationEvent]:
@@ -197,6 +205,22 @@ class Store(Protocol):
         ...
 
     async def last_revocation_cursor(self) -> str: ...
+
+    async def tool_pins(self, server: str) -> Mapping[str, ToolPin]:
+        """The pinned tool definitions of ``server`` (SPIFFE ID), by tool name."""
+        ...
+
+    async def observe_tools(
+        self, server: str, observed: Mapping[str, str], now: float
+    ) -> tuple[Mapping[str, ToolPin], frozenset[str]]:
+        """Record the digests a guard observed (tool -> sha256). A tool without a pin is pinned
+        to its observed digest (of concurrent first sights exactly one wins). Returns the pins
+        of ``server`` after the change and the tools pinned by this call."""
+        ...
+
+    async def set_tool_pin(self, server: str, tool: str, sha256: str, now: float) -> None:
+        """Pin ``tool`` of ``server`` to ``sha256`` (an operator's re-pin)."""
+        ...
 
     # -- signing keys shared by replicas (broker.app.keyring) -------------------------------------
 

@@ -32,6 +32,8 @@ COMMANDS: dict[str, str] = {
     "approvals": "broker.cli.approvals:approvals",
     "keys": "broker.cli.keys:keys",
     "token": "broker.cli.token:token",
+    "guard": "broker.cli.guard:guard",
+    "registry": "broker.cli.registry:registry",
     "completion": "broker.cli.main:completion",
 }
 # Third-party modules only the broker server needs (the [server] extra).
