@@ -382,7 +382,7 @@ local now = tonumber(ARGV[4])
 if now >= tonumber(t[2]) then return {'ENDED', '4'} end
 if ARGV[9] ~= '' and tonumber(t[4]) > tonumber(ARGV[9]) then return {'TAINT', t[4]} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
-local n = redis.call('ZCARD', KEYS[3])
+local n = redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
 if n >= tonumber(ARGV[5]) then return {'QUOTA', n} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
 local idx = redis.call('LPOS', KEYS[4], ARGV[6])
