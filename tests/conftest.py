@@ -15,6 +15,8 @@ import pytest
 
 from tests.redis_procs import RedisClusterProcs, RedisProc, start_cluster, start_redis
 
+pytest_plugins = ["tests.support.otel"]  # the `spans` fixture: OpenTelemetry in memory
+
 
 @pytest.fixture(scope="session")
 def redis_proc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProc]:

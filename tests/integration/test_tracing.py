@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
 
 import orjson
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from broker._proto.broker.v1 import agent_pb2
@@ -29,43 +26,10 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT = "00f067aa0ba902b7"
 ARGS = {"query": "traces"}
 
-_EXPORTER = InMemorySpanExporter()
 
-
-class _Gated(SimpleSpanProcessor):
-    """Keeps spans only while a test of this module runs: OpenTelemetry allows one global
-    provider per process, and later tests must not fill the exporter."""
-
-    recording = False
-
-    def on_end(self, span: ReadableSpan) -> None:
-        if self.recording:
-            super().on_end(span)
-
-
-_PROCESSOR = _Gated(_EXPORTER)
-
-
-@pytest.fixture(scope="module")
-def exporter() -> InMemorySpanExporter:
-    """The SDK, installed once for the process."""
-    if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(_PROCESSOR)
-        trace.set_tracer_provider(provider)
+@pytest.fixture(autouse=True)
+def _tracers_follow_the_provider(otel_exporter: InMemorySpanExporter) -> None:
     assert app_tracer is not None and rpc_tracer is not None  # proxies: they follow the provider
-    return _EXPORTER
-
-
-@pytest.fixture
-def spans(exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
-    exporter.clear()
-    _PROCESSOR.recording = True
-    try:
-        yield exporter
-    finally:
-        _PROCESSOR.recording = False
-        exporter.clear()
 
 
 async def test_one_request_credential_is_one_trace_with_its_steps(

@@ -23,6 +23,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from opentelemetry import context as otel_context
+
 from broker.client.guard import jsonrpc
 from broker.client.guard.auth import Caller, caller_of
 from broker.client.guard.catalog import Catalog, ToolRefused
@@ -35,6 +37,7 @@ from broker.client.mcp.resource import (
     metadata_path,
     unauthorized_body,
 )
+from broker.client.trace_context import extract_meta, inject_meta
 from broker.core.errors import Reason, Unauthenticated
 
 log = logging.getLogger("broker.guard")
@@ -284,6 +287,15 @@ class GuardApp:
     # -- tools/call ----------------------------------------------------------------------------
 
     async def _call_tool(self, message: Message, caller: Caller) -> Reply:
+        # The caller's W3C trace context (MCP _meta) is current for the whole call: the broker
+        # calls it makes carry it in their gRPC metadata, the upstream call in its _meta.
+        token = otel_context.attach(extract_meta(message.params.get("_meta")))
+        try:
+            return await self._call_tool_in_trace(message, caller)
+        finally:
+            otel_context.detach(token)
+
+    async def _call_tool_in_trace(self, message: Message, caller: Caller) -> Reply:
         params = message.params
         tool, arguments = params.get("name"), params.get("arguments", {})
         if caller.token is None and not caller.agent:
@@ -322,9 +334,10 @@ class GuardApp:
             return self._unauthorized(message, exc.reason.value, exc.message, invalid=True)
         trusted = self.catalog.policy.trusted if self.catalog.policy else None
         try:
-            value = await self.upstream.request(
-                "tools/call", {"name": tool, "arguments": arguments}, seconds=self.call_timeout
-            )
+            forwarded: dict[str, Any] = {"name": tool, "arguments": arguments}
+            if trace_meta := inject_meta():  # only the trace context of the caller's _meta
+                forwarded["_meta"] = trace_meta
+            value = await self.upstream.request("tools/call", forwarded, seconds=self.call_timeout)
         except UpstreamError as exc:  # the model reads error text too: sanitized and reported
             try:
                 cleaned_error = await self.enforcer.release(

@@ -21,6 +21,7 @@ import grpc
 from broker._proto.broker.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from broker.client.sdk.channel import PathLike, WorkloadCredentials, secure_channel
 from broker.client.sdk.errors import error_from_rpc
+from broker.client.trace_context import grpc_metadata
 from broker.client.verifier.keys import KeyCache
 from broker.client.verifier.metrics import VerifierMetrics
 from broker.core.canonical import args_sha256 as digest_of
@@ -235,8 +236,10 @@ class BaseVerifier:
     # -- broker calls --------------------------------------------------------------------------
 
     async def _rpc(self, what: str, rpc: Any, request: Any) -> Any:
-        try:
-            return await rpc(request, timeout=self.settings.rpc_timeout)
+        try:  # the caller's trace (e.g. the guard's tools/call _meta) follows to the broker
+            return await rpc(
+                request, timeout=self.settings.rpc_timeout, metadata=grpc_metadata() or None
+            )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, what=what) from None
 
