@@ -1,0 +1,333 @@
+"""One client session of the gateway: its task, its tool list, its tool calls.
+
+- The task begins with the session (the first request) and ends with it (``end``): stdin EOF,
+  a signal, an HTTP session closed or idle. Its intent: env BROKER_TASK_INTENT, the config's,
+  else the client's name.
+- ``tools/list``: every upstream's tools as SERVER__TOOL, minus those policy would deny this task
+  now (PreviewTools: decided without minting). Tools that need an approval stay, with a note.
+- ``tools/call``: a credential for exactly these arguments (RequestCredential), the upstream
+  call with it, the result. Refusals become ``isError`` results (``refusals``). An approval is
+  waited for up to ``approval_wait`` seconds; a later identical call presents its id.
+- Unguarded upstreams: the result is sanitized here, and the broker told (RaiseTaint) before the
+  model sees it; if the broker cannot be told, the result is withheld (fail closed).
+- After each call the allowed set is previewed again in the background; when taint changed it,
+  the client gets ``notifications/tools/list_changed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from broker.client.gateway import refusals
+from broker.client.gateway.broker_link import Granted, Pending, Preview
+from broker.client.gateway.hub import Hub, decisions
+from broker.client.gateway.upstream import UpstreamError, UpstreamRpcError
+from broker.client.gateway.wire import Refusal, notification, split_tool, tool_entry
+from broker.client.sdk.errors import BrokerUnavailable
+from broker.core.canonical import args_sha256
+from broker.core.errors import BrokerError, Reason
+from broker.core.sanitizer import SUSPECT, sanitize
+
+log = logging.getLogger("broker.gateway")
+
+Notify = Callable[[dict[str, Any]], Awaitable[None]]
+APPROVAL_NOTE = "(Each call needs an operator's approval through the broker.)"
+
+
+class JsonRpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+class Session:
+    def __init__(self, hub: Hub, *, notify: Notify | None = None) -> None:
+        self.hub = hub
+        self.notify = notify
+        self.client_name = ""
+        self.task_id: str | None = None
+        self.task_expires_at = 0.0
+        self.ended = False
+        self.last_used = time.monotonic()
+        self._task_lock = asyncio.Lock()
+        self._listed: frozenset[str] | None = None
+        self._approvals: dict[tuple[str, str, str], str] = {}
+        self._recheck: asyncio.Task[None] | None = None
+
+    # -- the task --------------------------------------------------------------------------
+
+    async def ensure_task(self) -> str:
+        if self.task_id is not None:
+            return self.task_id
+        async with self._task_lock:
+            if self.ended:
+                raise BrokerError("this session has ended", Reason.TASK_ENDED)
+            if self.task_id is None:
+                cfg = self.hub.cfg
+                task_id, expires_at = await self.hub.link.begin_task(
+                    cfg.task_intent(self.client_name),
+                    plan=cfg.plan_refs(),
+                    on_behalf_of=cfg.on_behalf_of,
+                    ttl_seconds=cfg.task_ttl,
+                    labels={"via": "broker-gateway", **cfg.labels},
+                )
+                self.task_id, self.task_expires_at = task_id, expires_at
+                log.info("task %s begun for %s", task_id, self.client_name or "the client")
+            return self.task_id
+
+    async def try_begin(self) -> None:
+        """Begin the task now if the broker answers (a handshake does not fail on it: the
+        first list or call reports the problem)."""
+        try:
+            await self.ensure_task()
+        except BrokerError as exc:
+            log.warning("cannot begin a task yet: %s", exc)
+
+    async def end(self, outcome: str, *, deadline: float | None = None) -> None:
+        """End the session's task (every credential minted in it dies). Idempotent."""
+        if self.ended:
+            return
+        self.ended = True
+        if self._recheck is not None:
+            self._recheck.cancel()
+        task_id = self.task_id
+        if task_id is None:
+            return
+        try:
+            killed = await self.hub.link.end_task(task_id, outcome, deadline=deadline)
+            log.info("task %s ended (%s): %d live credential(s) revoked", task_id, outcome, killed)
+        except BrokerError as exc:
+            log.warning(
+                "could not end task %s (%s): it expires by its TTL at the latest", task_id, exc
+            )
+
+    # -- tools/list --------------------------------------------------------------------------
+
+    async def list_tools(self) -> list[dict[str, Any]]:
+        self.last_used = time.monotonic()
+        try:
+            task_id = await self.ensure_task()
+        except BrokerError as exc:
+            raise JsonRpcError(
+                -32603, f"the broker cannot begin this session's task: {exc}"
+            ) from None
+        by_server = await self.hub.all_tools()
+        allowed = await self._decide(task_id, by_server)
+        entries = []
+        for server, tools in by_server.items():
+            for tool in tools:
+                verdict = allowed.get((server, str(tool["name"])))
+                if verdict is None:
+                    continue
+                note = APPROVAL_NOTE if verdict == "approval" else ""
+                entries.append(tool_entry(server, tool, note))
+        self._listed = frozenset(e["name"] for e in entries)
+        return entries
+
+    async def _decide(
+        self, task_id: str, by_server: Mapping[str, list[dict[str, Any]]]
+    ) -> dict[tuple[str, str], str]:
+        """(server, tool) -> "allow" | "approval" for the tools policy could grant now."""
+        pairs = [(s, str(t["name"])) for s, tools in by_server.items() for t in tools]
+        if not self.hub.preview_supported:
+            return dict.fromkeys(pairs, "allow")
+        refs = {name: up.ref for name, up in ((u.name, u) for u in self.hub.cfg.servers)}
+        try:
+            _, previews = await self.hub.link.preview_tools(
+                task_id, [(refs[s], t) for s, t in pairs]
+            )
+        except BrokerError as exc:
+            if "UNIMPLEMENTED" in str(exc):
+                log.warning("the broker has no PreviewTools (older version): listing every tool")
+                self.hub.preview_supported = False
+                return dict.fromkeys(pairs, "allow")
+            raise JsonRpcError(
+                -32603, f"the broker cannot preview this session's tools: {exc}"
+            ) from None
+        out: dict[tuple[str, str], str] = {}
+        for (server, tool), p in zip(pairs, previews, strict=False):
+            if p.decision in ("allow", "approval"):
+                out[(server, tool)] = p.decision
+        return out
+
+    async def _check_listing(self) -> None:
+        """Preview again after a call; tell the client when the allowed set changed."""
+        if self._listed is None or self.notify is None or self.task_id is None:
+            return
+        with contextlib.suppress(Exception):
+            by_server = {n: await self.hub.tools_of(n) for n in self.hub.upstreams}
+            allowed = await self._decide(self.task_id, by_server)
+            names = frozenset(f"{s}__{t}" for s, t in allowed)
+            if names != self._listed and not self.ended:
+                self._listed = names
+                log.info("the tools this task may use changed: asking the client to list again")
+                await self.notify(notification("notifications/tools/list_changed"))
+
+    # -- tools/call ---------------------------------------------------------------------------
+
+    async def call_tool(self, name: Any, arguments: Any) -> dict[str, Any]:
+        self.last_used = time.monotonic()
+        split = split_tool(name, list(self.hub.upstreams))
+        if split is None:
+            refusal = refusals.unknown_tool(str(name), list(self.hub.upstreams))
+            decisions.info("DENIED %s: unknown tool", name)
+            return refusal.result()
+        if arguments is None:
+            arguments = {}
+        if not isinstance(arguments, dict):
+            raise JsonRpcError(-32602, "tools/call: arguments must be an object")
+        try:
+            return await self._call(str(name), *split, arguments)
+        finally:
+            if self._listed is not None and (self._recheck is None or self._recheck.done()):
+                self._recheck = asyncio.get_running_loop().create_task(self._check_listing())
+
+    async def _call(
+        self, name: str, server: str, tool: str, args: dict[str, Any]
+    ) -> dict[str, Any]:
+        up = self.hub.upstreams[server]
+        ref = up.cfg.ref
+        try:
+            task_id = await self.ensure_task()
+            grant = await self._credential(name, task_id, ref, tool, args)
+        except BrokerError as exc:
+            return await self._refused(name, exc)
+        if isinstance(grant, Refusal):
+            return grant.result()
+        try:
+            result = await up.call_tool(tool, args, grant.token if up.cfg.guarded else None)
+        except UpstreamRpcError as exc:
+            decisions.info("FAILED %s: the server answered error %d", name, exc.code)
+            raise JsonRpcError(exc.code, exc.message, exc.data) from None
+        except UpstreamError as exc:
+            refusal = refusals.from_upstream(name, exc)
+            decisions.info("REFUSED %s: %s (%s)", name, refusal.reason, exc.server)
+            return refusal.result()
+        if not up.cfg.guarded:
+            return await self._unguarded(name, task_id, ref, grant.jti, result)
+        return result
+
+    async def _credential(
+        self, name: str, task_id: str, ref: str, tool: str, args: dict[str, Any]
+    ) -> Granted | Refusal:
+        key = (ref, tool, args_sha256(args))
+        approval_id = self._approvals.get(key, "")
+        link = self.hub.link
+        answer = await link.request_credential(task_id, ref, tool, args, approval_id=approval_id)
+        if isinstance(answer, Pending):
+            self._approvals[key] = answer.approval_id
+            decisions.info(
+                "PENDING %s: approval %s (broker approvals approve %s)",
+                name,
+                answer.approval_id,
+                answer.approval_id,
+            )
+            wait = self.hub.cfg.approval_wait
+            deadline = time.monotonic() + wait
+            while isinstance(answer, Pending) and time.monotonic() < deadline and not self.ended:
+                await asyncio.sleep(
+                    min(self.hub.cfg.approval_poll, max(0.0, deadline - time.monotonic()))
+                )
+                answer = await link.request_credential(
+                    task_id, ref, tool, args, approval_id=answer.approval_id
+                )
+            if isinstance(answer, Pending):
+                return refusals.pending(name, answer.approval_id, answer.reason, wait)
+            decisions.info("APPROVED %s", name)
+        self._approvals.pop(key, None)
+        decisions.info("ALLOWED %s", name)
+        return answer
+
+    async def _refused(self, name: str, exc: BrokerError) -> dict[str, Any]:
+        why: tuple[str, ...] = ()
+        if exc.reason is Reason.POLICY_DENIED and self.task_id is not None:
+            why = await self._why(name)
+        refusal = refusals.from_broker(name, exc, why)
+        detail = ", ".join(refusal.policy_ids) or refusal.reason
+        if isinstance(exc, BrokerUnavailable):
+            detail = f"{refusal.reason} ({exc.message})"
+        decisions.info("DENIED %s: %s", name, detail)
+        return refusal.result()
+
+    async def _why(self, name: str) -> tuple[str, ...]:
+        """The policies' own reasons for a denial (PreviewTools), best effort."""
+        split = split_tool(name, list(self.hub.upstreams))
+        if split is None or self.task_id is None or not self.hub.preview_supported:
+            return ()
+        try:
+            _, previews = await self.hub.link.preview_tools(
+                self.task_id, [(self.hub.upstreams[split[0]].cfg.ref, split[1])]
+            )
+        except BrokerError:
+            return ()
+        p: Preview | None = previews[0] if previews else None
+        return p.why if p is not None else ()
+
+    async def _unguarded(
+        self, name: str, task_id: str, ref: str, jti: str, result: dict[str, Any]
+    ) -> dict[str, Any]:
+        findings: list[tuple[str, str]] = []
+        cleaned = _clean_result(result, findings)
+        try:
+            taint = await self.hub.link.raise_taint(task_id, ref, jti=jti, findings=findings)
+        except BrokerError as exc:
+            decisions.info("WITHHELD %s: cannot report to the broker (%s)", name, exc.reason.value)
+            return Refusal(
+                name,
+                "BROKER_UNAVAILABLE",
+                "The call was made, but its result is withheld: the broker could not be told "
+                "what it contained (the server does not verify credentials, so the gateway "
+                "must report before the result is read).",
+                hints=("Try again later; the user can check the gateway's log.",),
+            ).result()
+        if findings:
+            kinds = ", ".join(sorted({k for k, _ in findings}))
+            decisions.info("FLAGGED %s: %s; task is now %s", name, kinds, taint)
+        return cleaned
+
+
+MAX_FINDINGS = 20
+
+
+def _clean_result(result: dict[str, Any], findings: list[tuple[str, str]]) -> dict[str, Any]:
+    """The result with every text a model reads sanitized; suspect findings collected."""
+
+    def text(value: str) -> str:
+        r = sanitize(value)
+        for f in r.findings:
+            if f.severity == SUSPECT and len(findings) < MAX_FINDINGS:
+                findings.append((f.kind, f.detail[:200]))
+        return r.text
+
+    def deep(value: Any) -> Any:
+        if isinstance(value, str):
+            return text(value)
+        if isinstance(value, list):
+            return [deep(v) for v in value]
+        if isinstance(value, dict):
+            return {k: deep(v) for k, v in value.items()}
+        return value
+
+    out = dict(result)
+    content = []
+    for item in result.get("content") or ():
+        if isinstance(item, dict):
+            item = dict(item)
+            if isinstance(item.get("text"), str):
+                item["text"] = text(item["text"])
+            res = item.get("resource")
+            if isinstance(res, dict) and isinstance(res.get("text"), str):
+                item["resource"] = {**res, "text": text(res["text"])}
+        content.append(item)
+    if "content" in result:
+        out["content"] = content
+    if "structuredContent" in result:
+        out["structuredContent"] = deep(result["structuredContent"])
+    return out
