@@ -5,7 +5,7 @@ RUN useradd --uid 10001 --create-home broker
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY broker ./broker
-RUN pip install --no-cache-dir . && rm -rf /root/.cache
+RUN pip install --no-cache-dir ".[server,client,vault]" && rm -rf /root/.cache
 USER 10001
 ENTRYPOINT ["broker"]
 CMD ["serve", "--config", "/etc/broker/broker.yaml"]

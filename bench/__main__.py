@@ -132,7 +132,7 @@ async def measure(
 
 
 def run(args: argparse.Namespace) -> int:
-    from broker.server.workers import usable_cores
+    from broker.rpc.workers import usable_cores
 
     settings = Settings(
         duration=args.duration,

@@ -164,7 +164,7 @@ def start_broker(
 ) -> BrokerProc:
     """`broker serve` with the dev registry and policies, a JSON lines audit file, signing keys
     in ``directory/keys`` (the harness signs offline-verify tokens with the same key)."""
-    from broker.pki import ensure_dev_pki
+    from broker.adapters.pki import ensure_dev_pki
 
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory / "pki"

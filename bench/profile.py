@@ -36,25 +36,28 @@ from broker._proto.broker.v1 import agent_pb2, agent_pb2_grpc
 # socket write of a Redis round trip counts as "Redis store", not as the event loop's.
 AREAS: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...] = (
     (
-        ("Cedar policy", ("cedarpy", "/broker/policy/")),
-        ("token signing (ES256 JWS)", ("/broker/tokens/", "cryptography")),
-        ("Redis store (redis-py, round trips)", ("/redis/", "/broker/store/", "hiredis")),
-        ("audit (hash chain, JSON lines write)", ("/broker/audit/",)),
-        ("args digest (Struct -> RFC 8785)", ("rfc8785", "/broker/canonical", "json_format")),
-        ("identity (mTLS peer, SVID)", ("peer_of (", "authorize (", "/broker/spiffe")),
+        ("Cedar policy", ("cedarpy", "/broker/core/policy/")),
+        ("token signing (ES256 JWS)", ("/broker/core/tokens/", "cryptography")),
+        ("Redis store (redis-py, round trips)", ("/redis/", "/broker/adapters/store/", "hiredis")),
+        (
+            "audit (hash chain, JSON lines write)",
+            ("/broker/core/audit/", "/broker/adapters/audit/", "/broker/app/audit"),
+        ),
+        ("args digest (Struct -> RFC 8785)", ("rfc8785", "/broker/core/canonical", "json_format")),
+        ("identity (mTLS peer, SVID)", ("peer_of (", "authorize (", "/broker/core/spiffe")),
     ),
     (
         (
             "broker core + servicer (the rest)",
             (
-                "/broker/service.py",
-                "/broker/server/servicers",
-                "/broker/server/convert",
-                "/broker/server/status",
-                "/broker/requests",
-                "/broker/model",
-                "/broker/ids",
-                "/broker/registry",
+                "/broker/app/credentials.py",
+                "/broker/rpc/servicers",
+                "/broker/rpc/convert",
+                "/broker/rpc/status",
+                "/broker/core/requests",
+                "/broker/core/model",
+                "/broker/core/ids",
+                "/broker/core/registry",
             ),
         ),
     ),
@@ -152,7 +155,7 @@ async def _drive(ctx: Context, seconds: float, raw: Path, pid: int) -> dict[str,
 
 
 def profile(args: argparse.Namespace) -> int:
-    from broker.server.workers import usable_cores
+    from broker.rpc.workers import usable_cores
 
     workers = args.workers or usable_cores()
     directory = Path(tempfile.mkdtemp(prefix="broker-profile-"))

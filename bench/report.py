@@ -241,7 +241,7 @@ def table(results: dict[str, Any]) -> str:
         "| one core, in process | per second |",
         "|---|---|",
         f"| raw ES256 signature verify (cryptography) | {_fmt(results.get('raw_verify_rps'))} |",
-        "| offline verify (broker.verifier, every check) | "
+        "| offline verify (broker.client.verifier, every check) | "
         f"{_fmt(results.get('verify_offline_rps'))} |",
         "",
         "| other | value |",

@@ -4,7 +4,7 @@ the per-run summaries; ``report`` takes the median of the runs.
 The calls: Health/Check as agent-demo (the mTLS ceiling); RequestCredential for
 ``docs/search_docs`` with a small arguments object (the broker computes the RFC 8785 digest);
 VerifyCredential by mcp-docs of those tokens (each verifies once); the offline verifier of
-``broker.verifier`` on tokens signed with the broker's own key; EndTask seen by 10 offline
+``broker.client.verifier`` on tokens signed with the broker's own key; EndTask seen by 10 offline
 verifiers; and OpenBao ``auth/token/create`` with a TTL and ``num_uses`` 1.
 """
 
@@ -279,11 +279,11 @@ def sign_tokens(ctx: Context, count: int) -> SignedTokens:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    from broker.canonical import args_sha256
-    from broker.ids import new_jti, new_task_id
-    from broker.tokens.claims import AuthorizationDetail, TokenClaims, mint_token, x5t_s256
-    from broker.tokens.jws import b64url_decode
-    from broker.tokens.keys import LocalKeyProvider
+    from broker.adapters.keys import LocalKeyProvider
+    from broker.core.canonical import args_sha256
+    from broker.core.ids import new_jti, new_task_id
+    from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token, x5t_s256
+    from broker.core.tokens.jws import b64url_decode
 
     keys = LocalKeyProvider(directory=ctx.broker.keys_dir, now=time.time())
     agent_cert = x509.load_pem_x509_certificate((ctx.pki / "agent-demo.crt").read_bytes())
@@ -347,7 +347,7 @@ async def raw_and_offline_verify(
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from broker.verifier import OfflineVerifier
+    from broker.client.verifier import OfflineVerifier
 
     algorithm = ec.ECDSA(hashes.SHA256())
     verify_signature = signed.public_key.verify
@@ -408,8 +408,8 @@ async def revocation(ctx: Context) -> tuple[list[dict[str, float]], list[float]]
     """EndTask, then the time until each of ``VERIFIERS`` offline verifiers (each its own
     WatchRevocations stream) has applied the task's revocation event. Per run: p50/p99 over
     trials x verifiers; also returns every latency (ms)."""
-    from broker.model import RevocationEvent
-    from broker.verifier import OfflineVerifier
+    from broker.client.verifier import OfflineVerifier
+    from broker.core.model import RevocationEvent
 
     seen: dict[str, list[float]] = {}
     wanted: dict[str, asyncio.Event] = {}

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from broker.errors import BrokerError
-from broker.sdk.channel import WorkloadCredentials
-from broker.sdk.client import BrokerClient, Task
-from broker.sdk.errors import ApprovalPending
-from broker.sdk.mcp import McpTools
+from broker.client.sdk.channel import WorkloadCredentials
+from broker.client.sdk.client import BrokerClient, Task
+from broker.client.sdk.errors import ApprovalPending
+from broker.client.sdk.mcp import McpTools
+from broker.core.errors import BrokerError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("docs", "repo", "secrets", "deploy")

@@ -27,20 +27,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.audit.sinks import Auditor, MemorySink  # noqa: E402
-from broker.canonical import args_sha256  # noqa: E402
-from broker.clock import SystemClock  # noqa: E402
-from broker.config import load_config  # noqa: E402
-from broker.model import RevocationEvent  # noqa: E402
-from broker.pki import ensure_dev_pki  # noqa: E402
-from broker.sdk.channel import WorkloadCredentials  # noqa: E402
-from broker.sdk.client import BrokerClient  # noqa: E402
-from broker.sdk.mcp import McpTools  # noqa: E402
-from broker.server.app import BrokerServer, build_components  # noqa: E402
-from broker.store.memory import MemoryStore  # noqa: E402
-from broker.tokens import AuthorizationDetail, LocalKeyProvider, TokenClaims, mint_token  # noqa: E402
-from broker.tokens.verify import verify_token  # noqa: E402
-from broker.verifier import OfflineVerifier, OnlineVerifier, VerifierSettings  # noqa: E402
+from broker.adapters.audit.sinks import MemorySink  # noqa: E402
+from broker.adapters.config import load_config  # noqa: E402
+from broker.adapters.keys import LocalKeyProvider  # noqa: E402
+from broker.adapters.pki import ensure_dev_pki  # noqa: E402
+from broker.adapters.store.memory import MemoryStore  # noqa: E402
+from broker.app.audit import Auditor  # noqa: E402
+from broker.client.sdk.channel import WorkloadCredentials  # noqa: E402
+from broker.client.sdk.client import BrokerClient  # noqa: E402
+from broker.client.sdk.mcp import McpTools  # noqa: E402
+from broker.client.verifier import OfflineVerifier, OnlineVerifier, VerifierSettings  # noqa: E402
+from broker.core.canonical import args_sha256  # noqa: E402
+from broker.core.clock import SystemClock  # noqa: E402
+from broker.core.model import RevocationEvent  # noqa: E402
+from broker.core.tokens import AuthorizationDetail, TokenClaims, mint_token  # noqa: E402
+from broker.core.tokens.verify import verify_token  # noqa: E402
+from broker.rpc.app import BrokerServer, build_components  # noqa: E402
 from examples.mcp_servers import run_servers  # noqa: E402
 
 AUD = "spiffe://dev.local/mcp/docs"
@@ -97,7 +99,7 @@ async def main() -> None:
     ensure_dev_pki(pki)
     provider = LocalKeyProvider(now=time.time())
     keys = provider.public_jwks()
-    from broker.tokens import KeySet
+    from broker.core.tokens import KeySet
 
     keyset = KeySet.from_jwks({"keys": keys})
     clock = SystemClock()

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from broker.sdk.channel import WorkloadCredentials, secure_channel  # noqa: E402
+from broker.client.sdk.channel import WorkloadCredentials, secure_channel  # noqa: E402
 from examples.agent_demo import run_story, urls_from_port  # noqa: E402
 
 PKI = ROOT / ".broker-dev"

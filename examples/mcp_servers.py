@@ -32,9 +32,9 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from starlette.applications import Starlette
 
-from broker.mcp import ToolGuard
-from broker.sdk.channel import WorkloadCredentials
-from broker.verifier import BaseVerifier, OfflineVerifier, OnlineVerifier, VerifierSettings
+from broker.client.mcp import ToolGuard
+from broker.client.sdk.channel import WorkloadCredentials
+from broker.client.verifier import BaseVerifier, OfflineVerifier, OnlineVerifier, VerifierSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

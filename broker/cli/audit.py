@@ -4,7 +4,7 @@
     broker audit export (--file PATH | --redis URL [--stream KEY]) [--since T] [--event E] ...
     broker audit tail   [--last N] [-f] [--json] [--redis URL [--stream KEY]]
 
-Thin: read the file or the Redis stream, call ``broker.audit.verify_records`` or filter, print.
+Thin: read the file or the Redis stream, call ``broker.core.audit.verify_records`` or filter, print.
 ``tail`` asks the broker (``AdminService.TailAudit``) unless ``--redis`` reads the stream itself.
 """
 
@@ -18,10 +18,10 @@ from typing import Any, TypeVar
 
 import click
 
-from broker.audit.record import ChainedRecord, Head
-from broker.audit.sinks import parse_json_line
-from broker.audit.verify import verify_records
+from broker.adapters.audit.sinks import parse_json_line
 from broker.cli.client import CliError, ExitCode
+from broker.core.audit.record import ChainedRecord, Head
+from broker.core.audit.verify import verify_records
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -79,9 +79,9 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any] | ValueError
 
 def _redis_client(url: str) -> tuple[Any, str]:
     """A blocking client for the store URL, and the namespace's audit stream key."""
-    from broker.audit.redis_sink import stream_key
-    from broker.errors import ConfigError
-    from broker.store.factory import open_sync_redis
+    from broker.adapters.audit.redis_sink import stream_key
+    from broker.adapters.store.factory import open_sync_redis
+    from broker.core.errors import ConfigError
 
     try:
         client, target = open_sync_redis(url, timeout=5.0)
@@ -96,7 +96,7 @@ def _stream_lines(
     """Like ``_lines`` for the entries of the Redis stream; their ids are appended to ``ids``."""
     import redis.exceptions
 
-    from broker.audit.redis_sink import read_stream
+    from broker.adapters.audit.redis_sink import read_stream
 
     client, default = _redis_client(url)
     try:
@@ -280,7 +280,7 @@ def _tail_grpc(last: int, follow: bool, show: Callable[[ChainedRecord], None]) -
 def _tail_redis(
     url: str, stream: str | None, last: int, follow: bool, show: Callable[[ChainedRecord], None]
 ) -> None:
-    from broker.audit.redis_sink import follow_stream, last_entries, last_id
+    from broker.adapters.audit.redis_sink import follow_stream, last_entries, last_id
 
     client, default = _redis_client(url)
     key = stream or default

@@ -1,6 +1,7 @@
 """``broker ca`` (a development CA issuing X.509-SVIDs) and ``broker dev`` (the fixed dev PKI).
 
-Thin: parse options, call ``broker.pki``, print the paths written. Key material is never printed.
+Thin: parse options, call ``broker.adapters.pki``, print the paths written. Key material is never
+printed.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from broker import pki
-from broker.durations import format_duration, parse_duration
-from broker.errors import InvalidSvid
+from broker.adapters import pki
+from broker.core.durations import format_duration, parse_duration
+from broker.core.errors import InvalidSvid
 
 __all__ = ["DURATION", "DurationParam", "ca", "dev"]
 

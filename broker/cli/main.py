@@ -7,24 +7,72 @@ ignore them.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import click
 
-from broker.cli.approvals import approvals
-from broker.cli.audit import audit
-from broker.cli.ca import ca, dev
 from broker.cli.client import DEFAULT_ADDR, DEFAULT_TIMEOUT, Settings
-from broker.cli.keys import keys, reload_policy
-from broker.cli.policy import policy
-from broker.cli.serve import serve
-from broker.cli.tasks import agents, revoke, servers, tasks
-from broker.cli.token import token
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
+# name -> "module:attribute". Commands load when used, so that a client-side install
+# (`pip install 'broker[client]'`: no cedarpy, no redis) runs `broker guard` and `broker gateway`.
+COMMANDS: dict[str, str] = {
+    "serve": "broker.cli.serve:serve",
+    "ca": "broker.cli.ca:ca",
+    "dev": "broker.cli.ca:dev",
+    "policy": "broker.cli.policy:policy",
+    "audit": "broker.cli.audit:audit",
+    "tasks": "broker.cli.tasks:tasks",
+    "agents": "broker.cli.tasks:agents",
+    "servers": "broker.cli.tasks:servers",
+    "revoke": "broker.cli.tasks:revoke",
+    "approvals": "broker.cli.approvals:approvals",
+    "keys": "broker.cli.keys:keys",
+    "token": "broker.cli.token:token",
+    "completion": "broker.cli.main:completion",
+}
+# Third-party modules only the broker server needs (the [server] extra).
+_SERVER_ONLY = ("cedarpy", "redis", "hiredis")
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (see ``COMMANDS``)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attr = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] not in _SERVER_ONLY:
+                raise
+            return _needs_server_extra(cmd_name, exc.name or "")
+        command = getattr(module, attr)
+        assert isinstance(command, click.Command)
+        return command
+
+
+def _needs_server_extra(name: str, missing: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def unavailable(args: tuple[str, ...]) -> None:
+        raise click.ClickException(
+            f"`broker {name}` needs the broker's server dependencies ({missing} is not "
+            "installed): pip install 'broker[server]'"
+        )
+
+    unavailable.short_help = "(needs pip install 'broker[server]')"
+    return unavailable
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="broker")
 @click.option(
     "--addr",
@@ -97,25 +145,6 @@ def completion(shell: str) -> None:
     if cls is None:  # pragma: no cover - click ships all three
         raise click.UsageError(f"no completion for {shell}")
     click.echo(cls(cli, {}, "broker", "_BROKER_COMPLETE").source())
-
-
-policy.add_command(reload_policy)
-for command in (
-    serve,
-    ca,
-    dev,
-    policy,
-    audit,
-    tasks,
-    agents,
-    servers,
-    revoke,
-    approvals,
-    keys,
-    token,
-    completion,
-):
-    cli.add_command(command)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import click
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from broker.durations import format_duration
+from broker.core.durations import format_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 

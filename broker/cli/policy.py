@@ -17,12 +17,14 @@ from typing import Any, TypeVar
 
 import click
 
-from broker.clock import SystemClock
-from broker.errors import ConfigError, NotFound
-from broker.policy.cases import effect_name, load_cases, run_cases
-from broker.policy.engine import PolicyEngine
-from broker.policy.model import TAINTS, Decision, PolicyRequest
-from broker.registry import Registry, load_registry, tier_ttl_cap
+from broker.adapters.files import load_cases, load_registry, policy_engine
+from broker.cli.keys import reload_policy
+from broker.core.clock import SystemClock
+from broker.core.errors import ConfigError, NotFound
+from broker.core.policy.cases import effect_name, run_cases
+from broker.core.policy.engine import PolicyEngine
+from broker.core.policy.model import TAINTS, Decision, PolicyRequest
+from broker.core.registry import Registry, tier_ttl_cap
 
 DEFAULT_POLICIES = Path("examples/dev/policies")
 DEFAULT_REGISTRY = Path("examples/dev/registry.yaml")
@@ -78,7 +80,7 @@ def _config_errors(command: _F) -> _F:
 
 def _load(policies: Path, registry_path: Path, trust_domain: str) -> tuple[PolicyEngine, Registry]:
     registry = load_registry(registry_path, trust_domain)
-    return PolicyEngine(policies, registry), registry
+    return policy_engine(policies, registry), registry
 
 
 @click.group("policy")
@@ -217,3 +219,6 @@ def _ttl_text(decision: Decision, tier: int) -> str:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+policy.add_command(reload_policy)  # the operator command `broker policy reload`

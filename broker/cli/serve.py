@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from broker.errors import BrokerError
+from broker.core.errors import BrokerError
+from broker.rpc.run import serve_forever  # the server's dependencies: a missing one is named
 
 log = logging.getLogger("broker")
 
@@ -25,8 +26,8 @@ def serve(
     config_path: Path | None, listen: str | None, store: str | None, workers: int | None
 ) -> None:
     """Serve the broker over gRPC with mutual TLS."""
-    from broker.config import load_config
-    from broker.logs import setup_logging
+    from broker.adapters.config import load_config
+    from broker.adapters.logs import setup_logging
 
     try:
         config = load_config(
@@ -35,7 +36,6 @@ def serve(
     except BrokerError as exc:
         raise click.ClickException(f"invalid configuration: {exc.message}") from None
     setup_logging(config.log_level)
-    from broker.server.run import serve_forever
 
     try:
         serve_forever(config)

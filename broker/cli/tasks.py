@@ -29,7 +29,7 @@ from broker.cli.output import (
     table,
     when,
 )
-from broker.durations import parse_duration
+from broker.core.durations import parse_duration
 
 STATES = {
     "all": admin_pb2.TASK_STATE_UNSPECIFIED,

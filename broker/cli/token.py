@@ -16,8 +16,8 @@ import click
 
 from broker.cli.client import CliError, ExitCode
 from broker.cli.output import emit_json, fields, relative, when
-from broker.errors import Unauthenticated
-from broker.tokens.jws import decode_unverified
+from broker.core.errors import Unauthenticated
+from broker.core.tokens.jws import decode_unverified
 
 WARNING = (
     "UNVERIFIED: decoded WITHOUT checking the signature, issuer, audience or expiry. "

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from broker.store.base import Store
-from broker.store.memory import MemoryStore
+from broker.adapters.store.memory import MemoryStore
+from broker.app.ports import Store
 
 StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[Store]]
 

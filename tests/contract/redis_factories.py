@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from broker.store.base import Store
-from broker.store.factory import open_store
+from broker.adapters.store.factory import open_store
+from broker.app.ports import Store
 
 # Generous: other test runs may share the machine's two cores. Fail-closed timing is tested
 # separately (tests/integration/test_redis_store.py) with the production default.

@@ -7,11 +7,11 @@ from dataclasses import replace
 
 import pytest
 
-from broker.approvals import ApprovalRecord, ApprovalState, binding, new_approval_id
-from broker.errors import FailedPrecondition, NotFound, QuotaExceeded, Reason
-from broker.ids import new_task_id
-from broker.model import TaskRecord, TaskState
-from broker.store.base import Quotas, Store
+from broker.app.ports import Quotas, Store
+from broker.core.approvals import ApprovalRecord, ApprovalState, binding, new_approval_id
+from broker.core.errors import FailedPrecondition, NotFound, QuotaExceeded, Reason
+from broker.core.ids import new_task_id
+from broker.core.model import TaskRecord, TaskState
 from tests.contract.test_store_contract import AGENT, NOW, cred, started, task
 
 DEPLOY = "spiffe://dev.local/mcp/deploy"

@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from broker.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
-from broker.ids import new_jti, new_task_id
-from broker.model import (
+from broker.app.ports import Quotas, Store
+from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
+from broker.core.ids import new_jti, new_task_id
+from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     PlanStep,
@@ -17,7 +18,6 @@ from broker.model import (
     TaskRecord,
     TaskState,
 )
-from broker.store.base import Quotas, Store
 
 NOW = 1_800_000_000.0
 AGENT = "spiffe://dev.local/agent/demo"

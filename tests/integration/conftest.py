@@ -14,14 +14,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from broker.audit.sinks import Auditor, MemorySink
-from broker.clock import FakeClock
-from broker.config import Config, load_config
-from broker.pki import ensure_dev_pki
-from broker.server.app import BrokerServer, build_components
-from broker.service import Broker
-from broker.store.base import Store
-from broker.store.memory import MemoryStore
+from broker.adapters.audit.sinks import MemorySink
+from broker.adapters.config import Config, load_config
+from broker.adapters.pki import ensure_dev_pki
+from broker.adapters.store.memory import MemoryStore
+from broker.app.audit import Auditor
+from broker.app.credentials import Broker
+from broker.app.ports import Store
+from broker.core.clock import FakeClock
+from broker.rpc.app import BrokerServer, build_components
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = ROOT / "examples" / "dev"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker._proto.broker.v1 import admin_pb2
-from broker.audit.record import ChainedRecord
+from broker.core.audit.record import ChainedRecord
 from tests.integration.conftest import DEV, Running, start_broker
 from tests.integration.helpers import Agent, Server
 from tests.integration.operator import admin, broker_cli

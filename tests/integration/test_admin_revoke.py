@@ -9,8 +9,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from broker.model import TaskState
-from broker.pki import issue
+from broker.adapters.pki import issue
+from broker.core.model import TaskState
 from tests.integration.conftest import Running
 from tests.integration.helpers import Agent, Server, reason_of
 from tests.integration.operator import broker_cli

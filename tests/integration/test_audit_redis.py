@@ -19,13 +19,14 @@ import pytest
 from click.testing import CliRunner
 
 from broker._proto.broker.v1 import admin_pb2
-from broker.audit import Auditor, JsonLinesSink, MemorySink
-from broker.audit.redis_sink import RedisStreamSink, read_stream, stream_key
+from broker.adapters.audit import JsonLinesSink, MemorySink
+from broker.adapters.audit.redis_sink import RedisStreamSink, read_stream, stream_key
+from broker.adapters.store.factory import open_store, open_sync_redis
+from broker.adapters.store.memory import MemoryStore
+from broker.app.audit import Auditor
 from broker.cli.main import cli
-from broker.errors import ConfigError
-from broker.server.run import open_audit
-from broker.store.factory import open_store, open_sync_redis
-from broker.store.memory import MemoryStore
+from broker.core.errors import ConfigError
+from broker.rpc.run import open_audit
 from tests.integration.conftest import make_config, start_broker
 from tests.integration.helpers import Agent, Server
 from tests.integration.operator import admin, broker_cli
@@ -215,7 +216,7 @@ def test_a_retried_batch_is_not_written_twice(redis_url: str, client: Any) -> No
 
 
 def test_redis_down_never_blocks_the_caller(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, "broker.audit")
+    caplog.set_level(logging.INFO, "broker.core.audit")
     dead, _ = open_sync_redis("redis://127.0.0.1:1", timeout=0.2)
     sink = RedisStreamSink(dead, queue_size=5)
     auditor = Auditor("r1", [sink])

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from broker._proto.broker.v1 import agent_pb2, common_pb2, verifier_pb2
-from broker.canonical import args_sha256
+from broker.core.canonical import args_sha256
 from tests.integration.conftest import Running, start_broker
 from tests.integration.helpers import Agent, Server, cert_sha256, reason_of
 
@@ -243,7 +243,7 @@ async def test_sub_agent_plan_within_parent_and_dies_with_it(agent: Agent, docs:
 async def test_other_agents_task_is_not_found(running: Running, agent: Agent) -> None:
     task = await agent.begin()
     # an operator-issued agent cert for another agent: not the owner of the task
-    from broker.pki import issue
+    from broker.adapters.pki import issue
 
     issue(running.pki, "spiffe://dev.local/agent/intruder", running.pki / "agent-intruder")
     intruder = Agent(running.channel("agent-intruder"))

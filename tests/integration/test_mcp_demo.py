@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from broker import feed
-from broker.verifier import VerifierSettings
+from broker.app import feed
+from broker.client.verifier import VerifierSettings
 from examples.agent_demo import run_story
 from examples.mcp_servers import run_servers
 from tests.integration.conftest import start_broker

@@ -18,13 +18,13 @@ from typing import Any
 import httpx2
 import pytest
 
-from broker import feed
-from broker.errors import InvalidRequest, NotFound, PermissionDenied, Reason, Unauthenticated
-from broker.model import Taint, TaskState
-from broker.sdk.channel import WorkloadCredentials
-from broker.sdk.client import BrokerClient, Task
-from broker.sdk.mcp import McpTools
-from broker.verifier import BaseVerifier, OfflineVerifier, VerifierSettings
+from broker.app import feed
+from broker.client.sdk.channel import WorkloadCredentials
+from broker.client.sdk.client import BrokerClient, Task
+from broker.client.sdk.mcp import McpTools
+from broker.client.verifier import BaseVerifier, OfflineVerifier, VerifierSettings
+from broker.core.errors import InvalidRequest, NotFound, PermissionDenied, Reason, Unauthenticated
+from broker.core.model import Taint, TaskState
 from examples.mcp_servers import run_servers
 from tests.integration.conftest import Running, start_broker
 

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from broker._proto.broker.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
-from broker.pki import ensure_dev_pki, issue
+from broker.adapters.pki import ensure_dev_pki, issue
 from tests.integration.conftest import Running, channel, start_broker
 from tests.integration.helpers import reason_of
 from tests.support.certs import load_ca, make_ca, write_pair

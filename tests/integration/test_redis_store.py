@@ -18,11 +18,11 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from broker.errors import StoreUnavailable
-from broker.ids import new_jti, new_task_id
-from broker.model import ConsumeResult, CredentialRecord, TaskRecord, TaskState
-from broker.store.base import Quotas, Store
-from broker.store.factory import open_store
+from broker.adapters.store.factory import open_store
+from broker.app.ports import Quotas, Store
+from broker.core.errors import StoreUnavailable
+from broker.core.ids import new_jti, new_task_id
+from broker.core.model import ConsumeResult, CredentialRecord, TaskRecord, TaskState
 from tests.redis_procs import RedisClusterProcs, RedisProc, start_redis
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from broker.store.factory import open_store
+from broker.adapters.store.factory import open_store
 from tests.integration.conftest import Running, start_broker
 from tests.integration.helpers import Agent, Server, reason_of
 from tests.redis_procs import RedisProc

@@ -12,11 +12,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from broker import feed
 from broker._proto.broker.v1 import verifier_pb2, verifier_pb2_grpc
-from broker.store.base import Store
-from broker.store.factory import open_store
-from broker.store.memory import MemoryStore
+from broker.adapters.store.factory import open_store
+from broker.adapters.store.memory import MemoryStore
+from broker.app import feed
+from broker.app.ports import Store
 from tests.integration.conftest import Running, start_broker
 from tests.integration.helpers import Agent, reason_of
 

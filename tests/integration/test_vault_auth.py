@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.vault.runtime import VaultRuntime
+from broker.adapters.vault.runtime import VaultRuntime
 from tests.integration.conftest import Running, start_broker
 from tests.integration.helpers import Agent, Server
 from tests.support.openbao import (

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.canonical import args_sha256
-from broker.requests import BeginTask, CredentialRequest
-from broker.spiffe import identity_from_pem
-from broker.vault.transit import TransitKeyProvider
+from broker.adapters.vault.transit import TransitKeyProvider
+from broker.core.canonical import args_sha256
+from broker.core.requests import BeginTask, CredentialRequest
+from broker.core.spiffe import identity_from_pem
 from tests.integration.conftest import Running, start_broker
 from tests.support.openbao import OpenBao, enable_engine, start_openbao, token_auth, vault_section
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from broker._proto.broker.v1 import admin_pb2, admin_pb2_grpc, agent_pb2
-from broker.vault.secrets import SecretBroker
+from broker.app.secrets import SecretBroker
 from tests.integration.conftest import Running, start_broker
 from tests.integration.helpers import Agent, Server
 from tests.support.openbao import (

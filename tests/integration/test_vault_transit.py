@@ -20,11 +20,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from broker._proto.broker.v1 import verifier_pb2
-from broker.canonical import args_sha256
-from broker.errors import Reason, Unauthenticated
-from broker.tokens.jwk import KeySet, PublicKey
-from broker.tokens.verify import verify_token
-from broker.vault.transit import TransitKeyProvider
+from broker.adapters.vault.transit import TransitKeyProvider
+from broker.core.canonical import args_sha256
+from broker.core.errors import Reason, Unauthenticated
+from broker.core.tokens.jwk import KeySet, PublicKey
+from broker.core.tokens.verify import verify_token
 from tests.integration.conftest import Running, start_broker
 from tests.integration.helpers import Agent, Server
 from tests.support.openbao import OpenBao, enable_engine

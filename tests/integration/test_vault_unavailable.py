@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from broker._proto.broker.v1 import verifier_pb2
-from broker.errors import ConfigError, VaultUnavailable
-from broker.model import TaskState
+from broker.core.errors import ConfigError, VaultUnavailable
+from broker.core.model import TaskState
 from tests.integration.conftest import start_broker
 from tests.integration.helpers import Agent, Server, reason_of
 from tests.redis_procs import free_port

@@ -21,7 +21,7 @@ import grpc
 import orjson
 import pytest
 
-from broker.audit.sinks import read_json_lines
+from broker.adapters.audit.sinks import read_json_lines
 from tests.integration.conftest import DEV
 from tests.integration.helpers import Agent, Server
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import rfc8785
 
-from broker.audit import AuditEvent, Chain
+from broker.core.audit import AuditEvent, Chain
 
 AGENT = "spiffe://example.org/agent/coder"
 SERVER = "spiffe://example.org/mcp/deploy"

@@ -1,6 +1,6 @@
 """Certificates for negative tests: build exactly the odd certificate a test needs.
 
-``broker.pki`` only issues well-formed X.509-SVIDs; this factory can also make a leaf from
+``broker.adapters.pki`` only issues well-formed X.509-SVIDs; this factory can also make a leaf from
 another CA, an expired leaf, two URI SANs, no SAN at all, a CA certificate used as a client leaf,
 missing key usage bits, a foreign trust domain::
 
@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker import pki
+from broker.adapters import pki
 
 __all__ = ["CA", "load_ca", "make_ca", "write_pair"]
 
@@ -175,7 +175,8 @@ def make_ca(
 
 
 def load_ca(directory: Path) -> CA:
-    """The CA that ``broker.pki`` wrote to ``directory`` (e.g. the dev PKI), to issue odd leaves
+    """The CA that ``broker.adapters.pki`` wrote to ``directory`` (e.g. the dev PKI), to issue odd
+    leaves
     that chain to a real trust bundle."""
     loaded = pki.load_ca(directory)
     return CA(loaded.trust_domain, loaded.cert, loaded.key)

@@ -12,8 +12,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from broker.canonical import args_sha256
-from broker.tokens import (
+from broker.core.canonical import args_sha256
+from broker.core.tokens import (
     ES256,
     AuthorizationDetail,
     KeySet,

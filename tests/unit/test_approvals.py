@@ -1,10 +1,10 @@
-"""Approval records and their rules (pure: broker.approvals)."""
+"""Approval records and their rules (pure: broker.core.approvals)."""
 
 from __future__ import annotations
 
 import pytest
 
-from broker.approvals import (
+from broker.core.approvals import (
     ApprovalRecord,
     ApprovalState,
     binding,
@@ -15,8 +15,8 @@ from broker.approvals import (
     refusal,
     task_of_approval,
 )
-from broker.errors import FailedPrecondition, InvalidRequest, NotFound, Reason
-from broker.ids import new_task_id
+from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, Reason
+from broker.core.ids import new_task_id
 
 T0 = 1_800_000_000.0
 AGENT = "spiffe://dev.local/agent/demo"

@@ -14,9 +14,9 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.audit import GENESIS_PREV, AuditEvent, Chain, ChainedRecord, Head, verify_records
-from broker.audit.record import MAX_TEXT_CHARS
-from broker.audit.scrub import REDACTED, is_denied_extra_key
+from broker.core.audit import GENESIS_PREV, AuditEvent, Chain, ChainedRecord, Head, verify_records
+from broker.core.audit.record import MAX_TEXT_CHARS
+from broker.core.audit.scrub import REDACTED, is_denied_extra_key
 from tests.support.audit import AGENT, ARGS, T0, event
 
 # A fixed vector: changing the canonical form or the hash input breaks every stored chain.

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from broker.audit import AuditEvent, Chain, JsonLinesSink
+from broker.adapters.audit import JsonLinesSink
 from broker.cli.audit import audit
+from broker.core.audit import AuditEvent, Chain
 from tests.support.audit import AGENT, T0, event, rehash
 
 

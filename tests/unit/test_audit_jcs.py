@@ -10,7 +10,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.audit import jcs
+from broker.core.audit import jcs
 
 _keys = st.text(max_size=6) | st.sampled_from(["seq", "a", "é", "\U0001f600", "\ufb01", "\x7f"])
 _scalars = (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from broker.audit import Auditor
-from broker.audit.recent import RecentRecords
+from broker.app.audit import Auditor
+from broker.core.audit.recent import RecentRecords
 from tests.support.audit import event
 
 

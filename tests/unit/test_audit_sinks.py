@@ -12,21 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import (
-    AuditEvent,
-    Auditor,
-    AuditUnavailable,
-    Chain,
-    ChainBroken,
-    ChainedRecord,
+from broker.adapters.audit import (
     JsonLinesSink,
     MemorySink,
     StdoutSink,
     read_json_lines,
     resume_chain,
-    verify_records,
 )
-from broker.errors import StoreUnavailable
+from broker.app.audit import Auditor, AuditUnavailable
+from broker.core.audit import AuditEvent, Chain, ChainBroken, ChainedRecord, verify_records
+from broker.core.errors import StoreUnavailable
 from tests.support.audit import AGENT, T0, event
 
 
@@ -66,7 +61,7 @@ def test_existing_file_with_wide_mode_is_narrowed(
     path = tmp_path / "audit.jsonl"
     path.touch(mode=0o644)
     path.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="broker.audit"):
+    with caplog.at_level(logging.WARNING, logger="broker.core.audit"):
         JsonLinesSink(path).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert "narrowed" in caplog.text
@@ -165,7 +160,7 @@ def test_failing_sink_is_logged_and_counted_without_content(
     memory = MemorySink()
     auditor = Auditor(Chain("replica-1"), [BrokenSink(), memory])
     secret_ish = "confidential reason text"
-    with caplog.at_level(logging.ERROR, logger="broker.audit"):
+    with caplog.at_level(logging.ERROR, logger="broker.core.audit"):
         record = auditor.record(AuditEvent("task.end", T0, AGENT, reason=secret_ish))
         auditor.record(event(1))
     assert auditor.failures == 2
@@ -176,7 +171,7 @@ def test_failing_sink_is_logged_and_counted_without_content(
     assert "ConnectionError" in caplog.text
     assert secret_ish not in caplog.text
     assert record.sha256 not in caplog.text
-    with caplog.at_level(logging.ERROR, logger="broker.audit"):
+    with caplog.at_level(logging.ERROR, logger="broker.core.audit"):
         auditor.close()
     assert auditor.failures == 3
     assert "Input/output error" in caplog.text

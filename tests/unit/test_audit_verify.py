@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.audit import GENESIS_PREV, Chain, ChainBroken, Head, Kind, verify_records
+from broker.core.audit import GENESIS_PREV, Chain, ChainBroken, Head, Kind, verify_records
 from tests.support.audit import event, forge, make_records, rehash
 
 N = 6

@@ -13,8 +13,8 @@ from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.canonical import MAX_ARGUMENTS_BYTES, args_sha256, canonical_json, check_sha256_hex
-from broker.errors import InvalidRequest, Reason
+from broker.core.canonical import MAX_ARGUMENTS_BYTES, args_sha256, canonical_json, check_sha256_hex
+from broker.core.errors import InvalidRequest, Reason
 
 # The examples of RFC 8785 §3.2.2 (numbers, escapes, literals) and §3.2.3 (sorting of properties).
 RFC8785_INPUT = (

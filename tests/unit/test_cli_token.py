@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from broker.cli.main import cli
-from broker.tokens import mint_token
+from broker.core.tokens import mint_token
 from tests.support.tokens import JTI, TASK, OneKeyProvider, fixed_key, make_claims
 
 

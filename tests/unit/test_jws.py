@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.errors import Reason, Unauthenticated
-from broker.tokens.jws import (
+from broker.core.errors import Reason, Unauthenticated
+from broker.core.tokens.jws import (
     EDDSA,
     ES256,
     MAX_TOKEN_BYTES,

@@ -7,9 +7,9 @@ import base64
 import orjson
 import pytest
 
-from broker.errors import Reason, Unauthenticated
-from broker.tokens import jws
-from broker.tokens.jws import decode_unverified
+from broker.core.errors import Reason, Unauthenticated
+from broker.core.tokens import jws
+from broker.core.tokens.jws import decode_unverified
 
 
 def b64(data: bytes) -> str:

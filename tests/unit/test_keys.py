@@ -15,11 +15,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker.errors import ConfigError, Reason, Unauthenticated
-from broker.tokens import EDDSA, ES256, KeySet, LocalKeyProvider, PublicKey, SigningKey, mint_token
-from broker.tokens.jwk import jwk_thumbprint
-from broker.tokens.jws import b64url_decode, b64url_encode
-from broker.tokens.keys import KEYRING_FILE, LOCK_FILE
+from broker.adapters.keys import KEYRING_FILE, LOCK_FILE, LocalKeyProvider
+from broker.core.errors import ConfigError, Reason, Unauthenticated
+from broker.core.tokens import (
+    EDDSA,
+    ES256,
+    KeySet,
+    PublicKey,
+    SigningKey,
+    mint_token,
+)
+from broker.core.tokens.jwk import jwk_thumbprint
+from broker.core.tokens.jws import b64url_decode, b64url_encode
 from tests.support.tokens import T0, TTL, fixed_key, make_claims, verify
 
 # RFC 8037 Appendix A.2 / A.3: an Ed25519 public key and its RFC 7638 thumbprint

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from broker.logs import RedactingFormatter, redact
+from broker.adapters.logs import RedactingFormatter, redact
 
 JWS = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWJ5dGVz"
 VAULT = "hvs.CAESIJ3x9abcdefghijklmnopqrstuvwxyz"

@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from broker import pki
+from broker.adapters import pki
 from broker.cli.ca import ca as ca_group
 from broker.cli.ca import dev as dev_group
-from broker.errors import InvalidSvid
-from broker.spiffe import Role, SpiffeId, identity_from_pem, validate_svid
+from broker.core.errors import InvalidSvid
+from broker.core.spiffe import Role, SpiffeId, identity_from_pem, validate_svid
 from tests.support.certs import load_ca, make_ca, write_pair
 
 TD = "example.org"

@@ -10,12 +10,13 @@ from typing import Any
 import cedarpy
 import pytest
 
-import broker.policy.engine as engine_module
-from broker.errors import ConfigError
-from broker.policy.cases import load_cases, run_case
-from broker.policy.engine import PolicyEngine, registry_entities
-from broker.policy.model import TAINTS, Decision, Effect, PolicyRequest
-from broker.registry import Registry, load_registry, parse_registry
+import broker.core.policy.engine as engine_module
+from broker.adapters.files import load_cases, load_registry, policy_engine
+from broker.core.errors import ConfigError
+from broker.core.policy.cases import run_case
+from broker.core.policy.engine import PolicyEngine, registry_entities
+from broker.core.policy.model import TAINTS, Decision, Effect, PolicyRequest
+from broker.core.registry import Registry, parse_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV = ROOT / "examples" / "dev"
@@ -35,7 +36,7 @@ def registry() -> Registry:
 
 @pytest.fixture(scope="module")
 def dev_engine(registry: Registry) -> PolicyEngine:
-    return PolicyEngine(DEV / "policies", registry)
+    return policy_engine(DEV / "policies", registry)
 
 
 def request(
@@ -50,7 +51,7 @@ def request(
 def engine_with(tmp_path: Path, registry: Registry, **files: str) -> PolicyEngine:
     for name, text in files.items():
         (tmp_path / f"{name}.cedar").write_text(text)
-    return PolicyEngine(tmp_path, registry)
+    return policy_engine(tmp_path, registry)
 
 
 # --- the dev policy ------------------------------------------------------------------------------
@@ -62,7 +63,7 @@ DEV_CASES = load_cases(DEV / "policy-cases.yaml")
 @pytest.mark.parametrize("case", DEV_CASES, ids=[c.name for c in DEV_CASES])
 def test_dev_policy_cases(registry: Registry, case: Any, check_requests: bool) -> None:
     # schema-checked: the context the engine builds matches schema.cedarschema exactly.
-    engine = PolicyEngine(DEV / "policies", registry, check_requests=check_requests)
+    engine = policy_engine(DEV / "policies", registry, check_requests=check_requests)
     result = run_case(engine, case)
     assert result.passed, result.problems
     assert result.decision is not None
@@ -73,7 +74,7 @@ def test_dev_cases_cover_every_rule_and_effect() -> None:
     effects = {c.expect for c in DEV_CASES}
     assert effects == {Effect.ALLOW, Effect.DENY, Effect.APPROVAL_REQUIRED}
     named = set().union(*(c.expect_policies or frozenset() for c in DEV_CASES))
-    ids = PolicyEngine(DEV / "policies", load_registry(DEV / "registry.yaml", "dev.local"))
+    ids = policy_engine(DEV / "policies", load_registry(DEV / "registry.yaml", "dev.local"))
     assert named == set(ids.policy_ids)
     assert len(DEV_CASES) >= 12
 
@@ -83,9 +84,7 @@ def test_dev_policy_ids_and_digest(dev_engine: PolicyEngine) -> None:
     assert "tier3-needs-approval" in dev_engine.policy_ids
     assert len(dev_engine.digest) == 64
     int(dev_engine.digest, 16)
-    assert PolicyEngine.from_directory(DEV / "policies", dev_engine.registry).digest == (
-        dev_engine.digest
-    )
+    assert policy_engine(DEV / "policies", dev_engine.registry).digest == (dev_engine.digest)
 
 
 def test_approval_required_names_the_forbidding_policy(
@@ -270,15 +269,15 @@ def test_templates_are_refused(tmp_path: Path, registry: Registry) -> None:
 
 def test_an_empty_directory_is_refused(tmp_path: Path, registry: Registry) -> None:
     with pytest.raises(ConfigError) as err:
-        PolicyEngine(tmp_path, registry)
+        policy_engine(tmp_path, registry)
     assert err.value.key == "policy"
 
 
 def test_a_list_of_files(tmp_path: Path, registry: Registry) -> None:
     files = sorted((DEV / "policies").glob("*.cedar"))
-    engine = PolicyEngine(files, registry)
+    engine = policy_engine(files, registry)
     assert engine.policy_count == 5
-    assert engine.files == tuple(files)
+    assert engine.files == tuple(f.name for f in files)
 
 
 # --- reload --------------------------------------------------------------------------------------
@@ -289,7 +288,7 @@ def test_reload_keeps_the_running_set_on_an_invalid_policy(
 ) -> None:
     policies = tmp_path / "policies"
     shutil.copytree(DEV / "policies", policies)
-    engine = PolicyEngine(policies, registry)
+    engine = policy_engine(policies, registry)
     before = engine.digest
     write = request(registry, "repo", "write_file")
     assert engine.decide(write).effect is Effect.ALLOW
@@ -314,7 +313,7 @@ def test_reload_keeps_the_running_set_on_an_invalid_policy(
 
 
 def test_reload_with_a_new_registry(tmp_path: Path, registry: Registry) -> None:
-    engine = PolicyEngine(DEV / "policies", registry)
+    engine = policy_engine(DEV / "policies", registry)
     data: dict[str, Any] = {
         "agents": [{"spiffe_id": "spiffe://dev.local/agent/demo", "team": "dev"}],
         "servers": [

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.errors import ConfigError, NotFound, Reason
-from broker.registry import (
+from broker.adapters.files import load_registry
+from broker.core.errors import ConfigError, NotFound, Reason
+from broker.core.registry import (
     TIER_MAX_TTL,
     ContentTrust,
     Risk,
-    load_registry,
     parse_registry,
     tier_ttl_cap,
 )

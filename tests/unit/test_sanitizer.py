@@ -1,4 +1,4 @@
-"""broker.sanitizer: the corpora as data, targeted cases per stage, properties, and speed.
+"""broker.core.sanitizer: the corpora as data, targeted cases per stage, properties, and speed.
 
 Unusual characters are written as escapes ("\\u200b") so that a reader can see them.
 """
@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker.sanitizer import (
+from broker.core.sanitizer import (
     BLOCKED_IMAGE,
     SEVERITY,
     Finding,

@@ -14,21 +14,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.audit.sinks import Auditor, MemorySink
-from broker.canonical import args_sha256
-from broker.clock import FakeClock
-from broker.errors import FailedPrecondition, Unauthenticated
-from broker.policy.engine import PolicyEngine
-from broker.registry import load_registry, tier_ttl_cap
-from broker.requests import BeginTask, CredentialRequest, VerifyRequest
-from broker.service import Broker, Limits
-from broker.spiffe import PeerIdentity, parse_spiffe_id
-from broker.store.memory import MemoryStore
-from broker.tokens.keys import LocalKeyProvider
+from broker.adapters.audit.sinks import MemorySink
+from broker.adapters.files import load_registry, policy_engine
+from broker.adapters.keys import LocalKeyProvider
+from broker.adapters.store.memory import MemoryStore
+from broker.app.audit import Auditor
+from broker.app.credentials import Broker, Limits
+from broker.core.canonical import args_sha256
+from broker.core.clock import FakeClock
+from broker.core.errors import FailedPrecondition, Unauthenticated
+from broker.core.registry import tier_ttl_cap
+from broker.core.requests import BeginTask, CredentialRequest, VerifyRequest
+from broker.core.spiffe import PeerIdentity, parse_spiffe_id
 
 DEV = Path(__file__).resolve().parents[2] / "examples" / "dev"
 REGISTRY = load_registry(DEV / "registry.yaml", "dev.local")
-POLICY = PolicyEngine.from_directory(DEV / "policies", REGISTRY)
+POLICY = policy_engine(DEV / "policies", REGISTRY)
 START = 1_800_000_000.0
 
 

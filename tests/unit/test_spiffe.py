@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.errors import InvalidSvid, PermissionDenied, Reason
-from broker.spiffe import (
+from broker.core.errors import InvalidSvid, PermissionDenied, Reason
+from broker.core.spiffe import (
     PeerIdentity,
     Role,
     SpiffeId,

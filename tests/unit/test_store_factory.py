@@ -6,10 +6,10 @@ import pytest
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from broker.errors import ConfigError
-from broker.store.factory import describe_store, open_store
-from broker.store.memory import MemoryStore
-from broker.store.redis import RedisStore
+from broker.adapters.store.factory import describe_store, open_store
+from broker.adapters.store.memory import MemoryStore
+from broker.adapters.store.redis import RedisStore
+from broker.core.errors import ConfigError
 
 
 async def test_memory() -> None:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from broker.canonical import args_sha256
-from broker.errors import Reason, Unauthenticated
-from broker.tokens import (
+from broker.core.canonical import args_sha256
+from broker.core.errors import Reason, Unauthenticated
+from broker.core.tokens import (
     ACTIONS,
     EDDSA,
     ES256,

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from broker.errors import ConfigError
-from broker.model import Taint
-from broker.registry import parse_registry
-from broker.requests import Verified
-from broker.vault.config import AuthMethod, parse_vault_config
-from broker.vault.secret import IssuedSecret, SecretData, SecretKind, parse_secret_source
+from broker.adapters.vault.config import AuthMethod, parse_vault_config
+from broker.core.errors import ConfigError
+from broker.core.model import Taint
+from broker.core.registry import parse_registry
+from broker.core.requests import Verified
+from broker.core.secret import IssuedSecret, SecretData, SecretKind, parse_secret_source
 
 # -- the secret value type ------------------------------------------------------------------------
 
@@ -162,7 +162,7 @@ def test_bad_vault_config_names_the_key(section: dict[str, Any], key: str, tmp_p
 
 
 def test_the_broker_config_reads_the_vault_section(tmp_path: Path) -> None:
-    from broker.config import load_config
+    from broker.adapters.config import load_config
 
     root = Path(__file__).resolve().parents[2] / "examples" / "dev"
     for name in ("c.crt", "c.key", "ca.crt"):

@@ -9,16 +9,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from broker.audit.sinks import Auditor, MemorySink
-from broker.clock import FakeClock
-from broker.errors import Reason, Unauthenticated, VaultUnavailable
-from broker.ids import new_jti, new_task_id
-from broker.model import RevocationEvent, TaskRecord, TaskState
-from broker.store.memory import MemoryStore
-from broker.tokens.claims import AuthorizationDetail, TokenClaims
-from broker.vault.leases import InMemoryLeaseTracker, LeaseRecord, LeaseSelector
-from broker.vault.secret import SecretData, SecretKind, SecretSource
-from broker.vault.secrets import DynamicLease, SecretBroker
+from broker.adapters.audit.sinks import MemorySink
+from broker.adapters.store.memory import MemoryStore
+from broker.app.audit import Auditor
+from broker.app.leases import InMemoryLeaseTracker, LeaseRecord, LeaseSelector
+from broker.app.secrets import DynamicLease, SecretBroker
+from broker.core.clock import FakeClock
+from broker.core.errors import Reason, Unauthenticated, VaultUnavailable
+from broker.core.ids import new_jti, new_task_id
+from broker.core.model import RevocationEvent, TaskRecord, TaskState
+from broker.core.secret import SecretData, SecretKind, SecretSource
+from broker.core.tokens.claims import AuthorizationDetail, TokenClaims
 
 T0 = 1_800_000_000.0
 AGENT = "spiffe://dev.local/agent/demo"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from broker.ids import new_jti, new_task_id
-from broker.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
-from broker.tokens.jwk import KeySet, SigningKey
-from broker.tokens.keys import LocalKeyProvider
-from broker.tokens.verify import verify_token
-from broker.vault.transit import KeyVersion, plan_publication
+from broker.adapters.keys import LocalKeyProvider
+from broker.adapters.vault.transit import KeyVersion, plan_publication
+from broker.core.ids import new_jti, new_task_id
+from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
+from broker.core.tokens.jwk import KeySet, SigningKey
+from broker.core.tokens.verify import verify_token
 
 T0 = 1_800_000_000.0
 TTL, MARGIN = 300.0, 60.0

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from broker.errors import Reason, VaultUnavailable
-from broker.tokens.jwk import SigningKey
-from broker.tokens.jws import b64url_encode
-from broker.vault._http import HttpError
-from broker.vault.config import AuthMethod, TransitConfig, VaultAuth, VaultConfig
-from broker.vault.transit_sign import TransitSigner
+from broker.adapters.vault._http import HttpError
+from broker.adapters.vault.config import AuthMethod, TransitConfig, VaultAuth, VaultConfig
+from broker.adapters.vault.transit_sign import TransitSigner
+from broker.core.errors import Reason, VaultUnavailable
+from broker.core.tokens.jwk import SigningKey
+from broker.core.tokens.jws import b64url_encode
 
 KEY = SigningKey.generate("ES256")
 

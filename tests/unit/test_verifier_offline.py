@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from broker.clock import FakeClock
-from broker.errors import InvalidRequest, Reason, Unauthenticated
-from broker.model import RevocationEvent
-from broker.pki import ensure_dev_pki
-from broker.sdk.channel import WorkloadCredentials
-from broker.tokens import KeySet, mint_token
-from broker.verifier import OfflineVerifier, VerifierSettings
-from broker.verifier.keys import KeyCache
+from broker.adapters.pki import ensure_dev_pki
+from broker.client.sdk.channel import WorkloadCredentials
+from broker.client.verifier import OfflineVerifier, VerifierSettings
+from broker.client.verifier.keys import KeyCache
+from broker.core.clock import FakeClock
+from broker.core.errors import InvalidRequest, Reason, Unauthenticated
+from broker.core.model import RevocationEvent
+from broker.core.tokens import KeySet, mint_token
 from tests.support.tokens import (
     ARGUMENTS,
     JTI,

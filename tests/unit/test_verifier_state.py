@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from broker.errors import Reason, Unauthenticated
-from broker.model import RevocationEvent
-from broker.verifier.state import Freshness, ReplayCache, RevocationState
+from broker.client.verifier.state import Freshness, ReplayCache, RevocationState
+from broker.core.errors import Reason, Unauthenticated
+from broker.core.model import RevocationEvent
 from tests.support.tokens import AGENT, AUDIENCE, JTI, PARENT_AGENT, T0, TASK, make_claims
 
 CLAIMS = make_claims()  # issued at T0, tier 1, by AGENT for AUDIENCE in TASK

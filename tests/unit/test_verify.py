@@ -9,10 +9,18 @@ import orjson
 import pytest
 from cryptography.exceptions import UnsupportedAlgorithm
 
-from broker.canonical import args_sha256
-from broker.errors import Reason, Unauthenticated
-from broker.tokens import EDDSA, ES256, KeySet, SigningKey, TokenClaims, mint_token, verify_token
-from broker.tokens.jws import b64url_decode, sign_compact
+from broker.core.canonical import args_sha256
+from broker.core.errors import Reason, Unauthenticated
+from broker.core.tokens import (
+    EDDSA,
+    ES256,
+    KeySet,
+    SigningKey,
+    TokenClaims,
+    mint_token,
+    verify_token,
+)
+from broker.core.tokens.jws import b64url_decode, sign_compact
 from tests.support import token_vectors
 from tests.support.tokens import (
     AUDIENCE,

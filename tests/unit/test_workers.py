@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import Config, TlsConfig, load_config
-from broker.errors import ConfigError
-from broker.server.workers import cgroup_cpu_limit, resolve_workers, usable_cores
+from broker.adapters.config import Config, TlsConfig, load_config
+from broker.core.errors import ConfigError
+from broker.rpc.workers import cgroup_cpu_limit, resolve_workers, usable_cores
 
 
 def _config(store: str, workers: int | None) -> Config:

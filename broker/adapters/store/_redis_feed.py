@@ -1,0 +1,122 @@
+"""The revocation feed on a Redis stream: one entry per event, its id is the cursor.
+
+Replicas and verifiers follow it (``WatchRevocations``); it is trimmed to about ``MAX_EVENTS``
+entries (``XADD MAXLEN ~``). On a Redis Cluster the stream is one key, on one node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from broker.adapters.store._redis_codec import fnum
+from broker.adapters.store._redis_io import Guard
+from broker.core.errors import NotFound, StoreUnavailable
+from broker.core.model import RevocationEvent
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS = 100_000  # retention (approximate, by count)
+_CURSOR = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")
+_BATCH = 500
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _check_cursor(cursor: str) -> str:
+    if _CURSOR.fullmatch(cursor) is None:
+        raise NotFound(f"unknown revocation cursor {cursor!r}")
+    return cursor
+
+
+class RevocationFeed:
+    def __init__(
+        self, client: Redis | RedisCluster, stream: str, guard: Guard, block: float
+    ) -> None:
+        self._r = client
+        self._stream = stream
+        self._guard = guard
+        self._block_ms = max(10, int(block * 1000))
+        self._closed = False
+
+    def close(self) -> None:
+        """End the watch loops (at their next read)."""
+        self._closed = True
+
+    async def publish(
+        self, kind: str, subject: str, revoked_at: float, reason: str
+    ) -> RevocationEvent:
+        async with self._guard.io():
+            cursor = await self._r.xadd(
+                self._stream,
+                {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason},
+                maxlen=MAX_EVENTS,
+                approximate=True,
+            )
+        return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason)
+
+    @staticmethod
+    def _event(cursor: object, fields: dict[bytes, bytes]) -> RevocationEvent:
+        return RevocationEvent(
+            _s(cursor),
+            fields[b"k"].decode(),
+            fields[b"s"].decode(),
+            float(fields[b"t"]),
+            fields.get(b"r", b"").decode(),
+        )
+
+    async def since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
+        if cursor == "$":
+            return []
+        start = "-" if cursor in ("", "0") else "(" + _check_cursor(cursor)
+        async with self._guard.io():
+            entries: Any = await self._r.xrange(self._stream, start, "+", count=limit)
+        return [self._event(c, f) for c, f in entries]
+
+    async def watch(self, cursor: str) -> AsyncIterator[RevocationEvent]:
+        """Follows the stream with short blocking reads. Survives Redis outages: it waits with
+        a growing back-off (up to 2 s) and resumes after the last event it delivered, so the
+        generator only ends when closed. It never raises StoreUnavailable: a consumer that must
+        know the feed is stale keeps its own clock (e.g. with ``ping``)."""
+        backoff = 0.05
+        if cursor == "$":
+            while not self._closed:
+                try:
+                    last = await self.last_cursor()
+                    break
+                except StoreUnavailable as exc:
+                    log.warning("revocation feed: %s", exc.message)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+        else:
+            last = "0-0" if cursor in ("", "0") else _check_cursor(cursor)
+        while not self._closed:
+            try:
+                async with self._guard.io(extra=self._block_ms / 1000):
+                    res: Any = await self._r.xread(
+                        {self._stream: last}, count=_BATCH, block=self._block_ms
+                    )
+            except StoreUnavailable as exc:
+                log.warning("revocation feed: %s (retrying in %.2f s)", exc.message, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            for _stream, entries in res or ():
+                for c, fields in entries:
+                    event = self._event(c, fields)
+                    last = event.cursor
+                    yield event
+
+    async def last_cursor(self) -> str:
+        async with self._guard.io():
+            entries: Any = await self._r.xrevrange(self._stream, "+", "-", count=1)
+        return _s(entries[0][0]) if entries else "0"

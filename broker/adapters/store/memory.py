@@ -1,0 +1,329 @@
+"""In-process store: the embedded default (``memory://``) and the unit-test double.
+
+Passes the same contract suite as the Redis store. All state lives in this process: a restart
+loses it, and two processes do not share it (use ``redis://`` for that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+
+from broker.app.ports import Quotas
+from broker.core.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
+from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
+from broker.core.model import (
+    ConsumeResult,
+    CredentialRecord,
+    RevocationEvent,
+    Taint,
+    TaskRecord,
+    TaskState,
+)
+
+MAX_EVENTS = 100_000  # revocation feed retention (by count)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskRecord] = {}
+        self._retain: dict[str, float] = {}
+        self._children: dict[str, set[str]] = {}
+        self._creds: dict[str, dict[str, CredentialRecord]] = {}
+        self._agent_live: dict[str, dict[str, float]] = {}  # agent -> jti -> expires_at
+        self._task_servers: dict[str, set[str]] = {}
+        self._approvals: dict[str, ApprovalRecord] = {}  # insertion order: oldest first
+        self._events: list[RevocationEvent] = []
+        self._first_seq = 1  # sequence number of self._events[0]
+        self._changed = asyncio.Condition()
+        self._lock = asyncio.Lock()
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+        async with self._lock:
+            if task.task_id in self._tasks:  # never resurrect an ended task
+                raise InvalidRequest("task_id", f"task {task.task_id} already exists")
+            if task.parent_task_id:
+                parent = self._tasks.get(task.parent_task_id)
+                if parent is None:
+                    raise NotFound(
+                        f"parent task {task.parent_task_id} not found", Reason.TASK_NOT_FOUND
+                    )
+                if not parent.is_live(task.created_at):
+                    raise FailedPrecondition(
+                        f"parent task {task.parent_task_id} has ended", Reason.TASK_ENDED
+                    )
+                self._children.setdefault(task.parent_task_id, set()).add(task.task_id)
+            self._tasks[task.task_id] = task
+            self._retain[task.task_id] = retain_until
+            self._creds[task.task_id] = {}
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        return self._tasks.get(task_id)
+
+    async def list_tasks(
+        self,
+        *,
+        agent: str = "",
+        state: TaskState | None = None,
+        since: float = 0.0,
+        now: float,
+        limit: int = 1000,
+    ) -> Sequence[TaskRecord]:
+        self._prune(now)
+        out = [
+            t
+            for t in self._tasks.values()
+            if (not agent or t.agent == agent)
+            and (state is None or t.state_at(now) is state)
+            and t.created_at >= since
+        ]
+        out.sort(key=lambda t: t.created_at)
+        return out[:limit]
+
+    async def raise_taint(self, task_id: str, taint: Taint) -> Taint:
+        async with self._lock:
+            task = self._tasks.get(task_id)
+            if task is None:
+                raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+            if taint > task.taint:
+                task = replace(task, taint=taint)
+                self._tasks[task_id] = task
+            return task.taint
+
+    async def end_task(
+        self, task_id: str, *, state: TaskState, now: float, reason: str
+    ) -> tuple[int, Sequence[str]]:
+        async with self._lock:
+            if task_id not in self._tasks:
+                raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+            killed = 0
+            ended: list[str] = []
+            pending = [task_id]
+            while pending:
+                tid = pending.pop()
+                task = self._tasks.get(tid)
+                if task is None or task.state is not TaskState.ACTIVE:
+                    continue
+                end_state = state if tid == task_id else TaskState.REVOKED
+                self._tasks[tid] = replace(task, state=end_state, ended_at=now, end_reason=reason)
+                ended.append(tid)
+                for cred in self._creds.get(tid, {}).values():
+                    if not cred.consumed and cred.expires_at > now:
+                        killed += 1
+                    self._agent_live.get(cred.agent, {}).pop(cred.jti, None)
+                pending.extend(sorted(self._children.get(tid, ())))
+        for tid in ended:
+            await self.publish_revocation("task", tid, now, reason)
+        return killed, ended
+
+    async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
+        return sorted(
+            tid
+            for tid, servers in self._task_servers.items()
+            if server in servers and self._tasks[tid].is_live(now)
+        )
+
+    async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
+        return sorted(self._children.get(task_id, ()))
+
+    async def count_live_credentials(self, task_id: str, now: float) -> int:
+        task = self._tasks.get(task_id)
+        if task is None or task.state is not TaskState.ACTIVE:
+            return 0
+        return sum(
+            1
+            for c in self._creds.get(task_id, {}).values()
+            if not c.consumed and c.expires_at > now
+        )
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def create_approval(
+        self, approval: ApprovalRecord, *, now: float, max_pending: int
+    ) -> ApprovalRecord:
+        async with self._lock:
+            self._live_task(approval.task_id, now)
+            pending = [
+                a
+                for a in self._approvals.values()
+                if a.task_id == approval.task_id and a.state_at(now) is ApprovalState.PENDING
+            ]
+            for existing in pending:
+                if existing.binding == approval.binding:
+                    return existing
+            if len(pending) >= max_pending:
+                raise QuotaExceeded(
+                    f"task {approval.task_id} has {len(pending)} pending approvals "
+                    f"(limit {max_pending}); wait for an operator's decision"
+                )
+            self._approvals[approval.approval_id] = approval
+            return approval
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        return self._approvals.get(approval_id)
+
+    async def list_approvals(
+        self, *, task_id: str = "", now: float, limit: int = 1000
+    ) -> Sequence[ApprovalRecord]:
+        self._prune(now)
+        out = [
+            a
+            for a in self._approvals.values()
+            if (task_id and a.task_id == task_id)
+            or (not task_id and a.expires_at + RETENTION >= now)
+        ]
+        out.sort(key=lambda a: a.created_at)
+        return out[:limit]
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, decided_by: str, reason: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        async with self._lock:
+            record = self._approvals.get(approval_id)
+            if record is None or record.state_at(now) is not ApprovalState.PENDING:
+                return False, record
+            record = record.decided(approve=approve, by=decided_by, reason=reason, now=now)
+            self._approvals[approval_id] = record
+            return True, record
+
+    async def consume_approval(
+        self, approval_id: str, *, binding: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        async with self._lock:
+            record = self._approvals.get(approval_id)
+            if (
+                record is None
+                or record.state_at(now) is not ApprovalState.APPROVED
+                or record.binding != binding
+            ):
+                return False, record
+            record = record.used(now)
+            self._approvals[approval_id] = record
+            return True, record
+
+    # -- credentials -------------------------------------------------------------------------
+
+    async def record_credential(
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+    ) -> None:
+        async with self._lock:
+            self._live_task(cred.task_id, now)
+            creds = self._creds[cred.task_id]
+            if cred.jti in creds:  # never re-arm a consumed credential
+                raise InvalidRequest("jti", f"credential {cred.jti} is already recorded")
+            live_in_task = sum(1 for c in creds.values() if not c.consumed and c.expires_at > now)
+            if live_in_task >= quotas.per_task:
+                raise QuotaExceeded(
+                    f"task {cred.task_id} holds {live_in_task} live credentials "
+                    f"(limit {quotas.per_task}); use or let some expire first"
+                )
+            agent_live = self._agent_live.setdefault(cred.agent, {})
+            for jti in [j for j, exp in agent_live.items() if exp <= now]:
+                del agent_live[jti]
+            if len(agent_live) >= quotas.per_agent:
+                raise QuotaExceeded(
+                    f"agent {cred.agent} holds {len(agent_live)} live credentials "
+                    f"(limit {quotas.per_agent})"
+                )
+            creds[cred.jti] = cred
+            agent_live[cred.jti] = cred.expires_at
+            self._task_servers.setdefault(cred.task_id, set()).add(cred.server)
+            self._retain[cred.task_id] = max(self._retain[cred.task_id], cred.expires_at)
+
+    async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
+        async with self._lock:
+            task = self._tasks.get(task_id)
+            cred = self._creds.get(task_id, {}).get(jti)
+            if task is None or cred is None:
+                return ConsumeResult.UNKNOWN
+            if task.state is not TaskState.ACTIVE:
+                return ConsumeResult.REVOKED
+            if cred.consumed:
+                return ConsumeResult.REPLAYED
+            self._creds[task_id][jti] = replace(cred, consumed=True)
+            self._agent_live.get(cred.agent, {}).pop(jti, None)
+            return ConsumeResult.OK
+
+    async def get_credential(self, task_id: str, jti: str) -> CredentialRecord | None:
+        return self._creds.get(task_id, {}).get(jti)
+
+    async def list_credentials(self, task_id: str) -> Sequence[CredentialRecord]:
+        return sorted(self._creds.get(task_id, {}).values(), key=lambda c: c.issued_at)
+
+    # -- revocation feed ---------------------------------------------------------------------
+
+    async def publish_revocation(
+        self, kind: str, subject: str, revoked_at: float, reason: str
+    ) -> RevocationEvent:
+        async with self._changed:
+            seq = self._first_seq + len(self._events)
+            event = RevocationEvent(str(seq), kind, subject, revoked_at, reason)
+            self._events.append(event)
+            if len(self._events) > MAX_EVENTS:
+                drop = len(self._events) - MAX_EVENTS
+                del self._events[:drop]
+                self._first_seq += drop
+            self._changed.notify_all()
+            return event
+
+    def _index_after(self, cursor: str) -> int:
+        if cursor in ("", "0"):
+            return 0
+        if cursor == "$":
+            return len(self._events)
+        try:
+            seq = int(cursor)
+        except ValueError:
+            raise NotFound(f"unknown revocation cursor {cursor!r}") from None
+        return max(0, seq - self._first_seq + 1)
+
+    async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
+        start = self._index_after(cursor)
+        return self._events[start : start + limit]
+
+    async def watch_revocations(self, cursor: str) -> AsyncIterator[RevocationEvent]:
+        last = await self.last_revocation_cursor() if cursor == "$" else cursor
+        while True:
+            batch = await self.revocations_since(last)
+            for event in batch:
+                last = event.cursor
+                yield event
+            if not batch:
+                async with self._changed:
+                    if not await self.revocations_since(last, 1):
+                        await self._changed.wait()
+
+    async def last_revocation_cursor(self) -> str:
+        return self._events[-1].cursor if self._events else "0"
+
+    def _live_task(self, task_id: str, now: float) -> TaskRecord:
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+        if not task.is_live(now):
+            raise FailedPrecondition(
+                f"task {task_id} is {task.state_at(now).name.lower()}", Reason.TASK_ENDED
+            )
+        return task
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def _prune(self, now: float) -> None:
+        """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs)."""
+        for tid in [t for t, until in self._retain.items() if until < now]:
+            self._tasks.pop(tid, None)
+            self._retain.pop(tid, None)
+            self._creds.pop(tid, None)
+            self._task_servers.pop(tid, None)
+            self._children.pop(tid, None)
+        for aid in [a for a in self._approvals if task_of_approval(a) not in self._tasks]:
+            del self._approvals[aid]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,586 @@
+"""Redis store: the production implementation of the store port (redis.asyncio with hiredis).
+
+Works on one redis-server, behind Sentinel, and on a Redis Cluster: every key of a task carries
+the hash tag ``{task_id}``, so each task lives on ONE slot, and every change to a task is ONE Lua
+script on that slot (``broker.adapters.store._redis_lua``, loaded once, run with EVALSHA). A script
+either
+ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the namespace, "brk")::
+
+    ns:{t_...}:task              hash   the task record; its state is the revocation tombstone
+    ns:{t_...}:creds             hash   jti random half -> 53-byte packed credential
+    ns:{t_...}:live              zset   unconsumed credentials -> expires_at ms (per-task quota)
+    ns:{t_...}:tg                list   interned (server, tool) pairs of the task's credentials
+    ns:{t_...}:kids              set    sub-task ids
+    ns:{t_...}:ap                hash   the task's approvals (``_redis_approvals``)
+    ns:{t_...}:apl               zset   its pending approvals -> expires_at ms (per-task cap)
+    ns:{apx}:idx                 zset   every approval -> expires_at + retention (listing)
+    ns:{agent:<id>}:quota        hash   expiry bucket (5 s) -> the agent's live credentials
+    ns:{agent:<id>}:tasks[:ret]  zsets  the agent's tasks by created_at [by retain_until]
+    ns:{idx}:tasks[:ret]         zsets  every task by created_at [by retain_until]
+    ns:{srv:<id>}:tasks          zset   tasks that held a credential for the server -> retain
+    ns:revocations               stream the revocation feed (XADD MAXLEN ~ 100000)
+
+All task keys expire at the task's ``retain_until`` (extended when a credential outlives it), so
+the tombstone outlives the task's longest credential. Expiry is bookkeeping only: verification
+checks ``exp`` itself.
+
+Steps that span slots (each slot written by its own script) are ordered so that a crash between
+two of them fails closed:
+
+- Mint reserves the per-agent quota first, then records the credential on the task's slot, and
+  releases the reservation if the task refuses. A crash in between leaves a reservation that
+  counts against the agent until the credential's ``exp`` (fails closed), never a credential that
+  was handed out without being recorded. The quota counts per 5-second expiry bucket, not per
+  credential (its memory does not grow with the credentials); each credential is released at
+  most once (by its consume, by its task's end, or by the refusal of its mint), and a release
+  never takes a bucket below zero. The per-server index entry is written before the
+  credential (the first time this process sees the task/server pair), so a recorded credential is
+  always found by a revoke-by-server.
+- Consume releases the agent reservation lazily: on this process's next mint for the same agent
+  (in the same round trip), else at the end of its expiry bucket. Until then it still counts.
+- create_task writes the task indexes first (an index entry without a record is skipped when
+  read), then the record, then adopts the sub-task under its parent; if the parent refuses, the
+  new record is deleted again (a crash right there leaves an unreachable orphan nobody holds an
+  id for, which expires).
+- end_task flips each task with one script (returning its live count and sub-tasks), recursing
+  over sub-tasks from Python, and publishes one "task" event per ended task. The flip is what
+  verification checks; the event is retried, and the task keeps a ``pend`` mark until the event
+  is out, so a failed publish is repeated by the next end_task call (at least once). A repeated
+  end_task also walks the sub-tasks again, which repairs a walk cut short by a crash. Agent
+  quota entries of killed credentials are released afterwards, best effort (else at expiry).
+
+Fail closed: clients are built with short connect and read timeouts and no retries (a retried
+script could run twice), and every round trip is bounded by ``deadline``: with Redis down or
+hung, each call raises ``StoreUnavailable`` within ``deadline`` seconds, and the next call after
+Redis returns succeeds with the same client (the pool reconnects; scripts are reloaded on
+NOSCRIPT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from broker.adapters.store import _redis_lua as lua
+from broker.adapters.store._redis_approvals import RedisApprovals
+from broker.adapters.store._redis_codec import (
+    TASK_FIELDS,
+    fnum,
+    jti_field,
+    ms,
+    pack_credential,
+    pack_target,
+    pack_task,
+    packed_expiry,
+    quota_bucket,
+    task_id_ok,
+    unpack_credential,
+    unpack_target,
+    unpack_task,
+)
+from broker.adapters.store._redis_feed import RevocationFeed
+from broker.adapters.store._redis_io import Guard
+from broker.app.ports import Quotas
+from broker.core.approvals import ApprovalRecord
+from broker.core.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    Reason,
+    StoreUnavailable,
+)
+from broker.core.model import (
+    ConsumeResult,
+    CredentialRecord,
+    RevocationEvent,
+    Taint,
+    TaskRecord,
+    TaskState,
+)
+
+log = logging.getLogger(__name__)
+
+Client = Redis | RedisCluster
+
+_PENDING_PER_AGENT = 1024  # consumed credentials awaiting a lazy quota release, per agent
+_PENDING_AGENTS = 10_000
+_INDEXED_PAIRS = 65_536  # (task, server) pairs known to be in the per-server index
+_BATCH = 500
+
+
+def _s(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisStore:
+    """The store port on Redis. ``where`` (host:port, socket path or node list, never a
+    password) names the server in errors; ``deadline`` bounds every round trip, and every
+    mint or task creation as a whole."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        where: str,
+        namespace: str = "brk",
+        deadline: float = 0.9,
+        block: float = 0.25,
+    ) -> None:
+        if "{" in namespace or "}" in namespace or not namespace:
+            raise ValueError(f"namespace {namespace!r}: must be non-empty, without braces")
+        self._r = client
+        self._ns = namespace
+        self._guard = Guard(where, deadline)
+        self._mint = client.register_script(lua.MINT)
+        self._consume = client.register_script(lua.CONSUME)
+        self._reserve = client.register_script(lua.RESERVE)
+        self._release_script = client.register_script(lua.RELEASE)
+        self._create = client.register_script(lua.CREATE)
+        self._adopt = client.register_script(lua.ADOPT)
+        self._end = client.register_script(lua.END)
+        self._taint = client.register_script(lua.TAINT)
+        self._get_cred = client.register_script(lua.GET_CRED)
+        self._list_creds = client.register_script(lua.LIST_CREDS)
+        self._index_task = client.register_script(lua.INDEX_TASK)
+        self._index_server = client.register_script(lua.INDEX_SERVER)
+        self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._pending: OrderedDict[str, list[str]] = OrderedDict()
+        self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
+        self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    def _task_keys(self, task_id: str) -> list[str]:
+        p = f"{self._ns}:{{{task_id}}}:"
+        return [p + "task", p + "creds", p + "live", p + "tg", p + "kids"]
+
+    def _agent_quota(self, agent: str) -> str:
+        return f"{self._ns}:{{agent:{agent}}}:quota"
+
+    def _index(self, agent: str) -> list[str]:
+        tag = f"agent:{agent}" if agent else "idx"
+        return [f"{self._ns}:{{{tag}}}:tasks", f"{self._ns}:{{{tag}}}:tasks:ret"]
+
+    def _server_index(self, server: str) -> str:
+        return f"{self._ns}:{{srv:{server}}}:tasks"
+
+    # -- I/O -----------------------------------------------------------------------------------
+
+    async def _run(self, script: Any, keys: Sequence[str], args: Iterable[object]) -> Any:
+        async with self._guard.io():
+            return await script(keys=keys, args=list(args))
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+        with self._guard.budget():
+            await self._create_task(task, retain_until)
+
+    async def _create_task(self, task: TaskRecord, retain_until: float) -> None:
+        tid, parent = task.task_id, task.parent_task_id
+        if not task_id_ok(tid):
+            raise InvalidRequest("task_id", "expected t_ followed by 22 base64url characters")
+        if parent and not task_id_ok(parent):
+            raise NotFound(f"parent task {parent} not found", Reason.TASK_NOT_FOUND)
+        now = task.created_at
+        # Indexes first: an entry whose record is missing is skipped when listing, while a
+        # record missing from the index would escape list_tasks (and a revoke-by-agent).
+        index_args = [tid, fnum(now), fnum(retain_until), fnum(now)]
+        outcomes = await asyncio.gather(
+            self._run(self._index_task, self._index(""), index_args),
+            self._run(self._index_task, self._index(task.agent), index_args),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        keys = self._task_keys(tid)
+        ttl_ms = max(1000, int((retain_until - now) * 1000) + 1)
+        created = await self._run(
+            self._create,
+            keys[:1],
+            [
+                pack_task(task),
+                int(task.state),
+                int(task.taint),
+                fnum(task.expires_at),
+                fnum(retain_until),
+                task.agent,
+                fnum(task.ended_at) if task.ended_at else "",
+                task.end_reason,
+                ttl_ms,
+            ],
+        )
+        if not created:
+            raise InvalidRequest("task_id", f"task {tid} already exists")
+        if not parent:
+            return
+        pkeys = self._task_keys(parent)
+        res = await self._run(self._adopt, [pkeys[0], pkeys[4]], [tid, fnum(now)])
+        if _s(res[0]) == "OK":
+            return
+        try:  # the parent refused: undo the record (nobody has been given its id)
+            async with self._guard.io():
+                await self._r.delete(keys[0])
+        except StoreUnavailable:
+            log.warning("sub-task %s left orphaned (expires with its retention)", tid)
+        if _s(res[0]) == "NOTFOUND":
+            raise NotFound(f"parent task {parent} not found", Reason.TASK_NOT_FOUND)
+        raise FailedPrecondition(f"parent task {parent} has ended", Reason.TASK_ENDED)
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        if not task_id_ok(task_id):
+            return None
+        async with self._guard.io():
+            fields: Any = await self._r.hmget(self._task_keys(task_id)[0], list(TASK_FIELDS))
+        return unpack_task(task_id, fields)
+
+    async def list_tasks(
+        self,
+        *,
+        agent: str = "",
+        state: TaskState | None = None,
+        since: float = 0.0,
+        now: float,
+        limit: int = 1000,
+    ) -> Sequence[TaskRecord]:
+        by_created = self._index(agent)[0]
+        out: list[TaskRecord] = []
+        offset = 0
+        while len(out) < limit:
+            async with self._guard.io():
+                ids: Any = await self._r.zrangebyscore(
+                    by_created, fnum(since), "+inf", start=offset, num=_BATCH
+                )
+            if not ids:
+                break
+            offset += len(ids)
+            tids = [_s(i) for i in ids if task_id_ok(_s(i))]
+            async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+                for tid in tids:
+                    pipe.hmget(self._task_keys(tid)[0], [*TASK_FIELDS, "ret"])
+                rows = await pipe.execute()
+            for tid, row in zip(tids, rows, strict=True):
+                task = unpack_task(tid, row[:-1])
+                if task is None or float(row[-1]) < now:
+                    continue
+                if (not agent or task.agent == agent) and (
+                    state is None or task.state_at(now) is state
+                ):
+                    out.append(task)
+            if len(ids) < _BATCH:
+                break
+        return out[:limit]
+
+    async def raise_taint(self, task_id: str, taint: Taint) -> Taint:
+        if task_id_ok(task_id):
+            res = await self._run(self._taint, self._task_keys(task_id)[:1], [int(taint)])
+            if int(res) > 0:
+                return Taint(int(res))
+        raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+
+    async def end_task(
+        self, task_id: str, *, state: TaskState, now: float, reason: str
+    ) -> tuple[int, Sequence[str]]:
+        if not task_id_ok(task_id):
+            raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+        killed = 0
+        ended: list[str] = []
+        released: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        pending = [task_id]
+        while pending:
+            tid = pending.pop()
+            if tid in seen or not task_id_ok(tid):
+                continue
+            seen.add(tid)
+            end_state = state if tid == task_id else TaskState.REVOKED
+            keys = self._task_keys(tid)
+            res = await self._run(
+                self._end,
+                [keys[0], keys[2], keys[4]],
+                [int(end_state), fnum(now), reason, fnum(now * 1000)],
+            )
+            code = int(res[0])
+            if code < 0:
+                if tid == task_id:
+                    raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+                continue
+            if code == 1:
+                ended.append(tid)
+                now_ms = now * 1000
+                scores = [int(float(x)) for x in res[3][1::2]]
+                killed += sum(1 for score in scores if score > now_ms)
+                released.setdefault(_s(res[1]), []).extend(
+                    b for b in map(quota_bucket, scores) if int(b) > now
+                )
+                await self._publish_task_event(tid, now, reason)
+            elif int(res[4]):  # ended earlier, but its event was never confirmed published
+                await self._publish_task_event(tid, float(res[5]), _s(res[6]))
+            # Always walk the sub-tasks: repairs a walk that a crash cut short.
+            pending.extend(sorted((_s(k) for k in res[2]), reverse=True))
+        for agent, buckets in released.items():
+            await self._release(agent, buckets)
+        return killed, ended
+
+    async def _publish_task_event(self, task_id: str, at: float, reason: str) -> None:
+        """Publish the "task" event, retrying within one deadline; then clear the task's mark.
+
+        If it still fails the state flip holds (verification checks state) and the mark makes
+        the next end_task call publish it again."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._guard.deadline
+        while True:
+            try:
+                await self.publish_revocation("task", task_id, at, reason)
+                break
+            except StoreUnavailable:
+                if loop.time() + 0.05 >= give_up:
+                    raise
+                await asyncio.sleep(0.05)
+        try:
+            async with self._guard.io():
+                await self._r.hdel(self._task_keys(task_id)[0], "pend")
+        except StoreUnavailable:  # the event may be published twice: events are idempotent
+            log.warning("could not clear the publish mark of task %s", task_id)
+
+    async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
+        async with self._guard.io():
+            ids: Any = await self._r.zrangebyscore(self._server_index(server), fnum(now), "+inf")
+        tids = sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
+        if not tids:
+            return []
+        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+            for tid in tids:
+                keys = self._task_keys(tid)
+                pipe.hmget(keys[0], ["st", "exp"])
+                pipe.lrange(keys[3], 0, -1)
+            rows = await pipe.execute()
+        out = []
+        for i, tid in enumerate(tids):
+            (st, exp), targets = rows[2 * i], rows[2 * i + 1]
+            if st is None or int(st) != TaskState.ACTIVE or now >= float(exp):
+                continue
+            if any(unpack_target(t)[0] == server for t in targets):
+                out.append(tid)
+        return out
+
+    async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
+        if not task_id_ok(task_id):
+            return []
+        async with self._guard.io():
+            ids: Any = await self._r.smembers(self._task_keys(task_id)[4])
+        return sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
+
+    async def count_live_credentials(self, task_id: str, now: float) -> int:
+        if not task_id_ok(task_id):
+            return 0
+        keys = self._task_keys(task_id)
+        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+            pipe.hget(keys[0], "st")
+            pipe.zcount(keys[2], "(" + fnum(now * 1000), "+inf")
+            st, count = await pipe.execute()
+        return int(count) if st is not None and int(st) == TaskState.ACTIVE else 0
+
+    # -- approvals (broker.adapters.store._redis_approvals) ----------------------------------------
+
+    async def create_approval(
+        self, approval: ApprovalRecord, *, now: float, max_pending: int
+    ) -> ApprovalRecord:
+        with self._guard.budget():
+            return await self._approvals.create(approval, now=now, max_pending=max_pending)
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        return await self._approvals.get(approval_id)
+
+    async def list_approvals(
+        self, *, task_id: str = "", now: float, limit: int = 1000
+    ) -> Sequence[ApprovalRecord]:
+        return await self._approvals.listed(task_id=task_id, now=now, limit=limit)
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, decided_by: str, reason: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        return await self._approvals.decide(
+            approval_id, approve=approve, decided_by=decided_by, reason=reason, now=now
+        )
+
+    async def consume_approval(
+        self, approval_id: str, *, binding: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        return await self._approvals.consume(approval_id, binding=binding, now=now)
+
+    # -- credentials ---------------------------------------------------------------------------
+
+    async def record_credential(
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+    ) -> None:
+        with self._guard.budget():
+            await self._record_credential(cred, quotas, now)
+
+    async def _record_credential(self, cred: CredentialRecord, quotas: Quotas, now: float) -> None:
+        tid = cred.task_id
+        if not task_id_ok(tid):
+            raise NotFound(f"task {tid} not found", Reason.TASK_NOT_FOUND)
+        field = jti_field(tid, cred.jti)
+        if field is None:
+            raise InvalidRequest("jti", f"expected {tid}. followed by 22 base64url characters")
+        exp, exp_ms = fnum(cred.expires_at), ms(cred.expires_at)
+        bucket = quota_bucket(exp_ms)
+        # 1. Reserve the per-agent quota (the agent's slot), releasing lazily consumed ones.
+        releasing = self._pending.pop(cred.agent, [])
+        ok, live = await self._run(
+            self._reserve,
+            [self._agent_quota(cred.agent)],
+            [fnum(now), quotas.per_agent, bucket, *releasing],
+        )
+        if not ok:
+            raise QuotaExceeded(
+                f"agent {cred.agent} holds {live} live credentials (limit {quotas.per_agent})"
+            )
+        # 2. Index the task under the server before recording (first time for this pair).
+        pair = (tid, cred.server)
+        first = pair not in self._indexed
+        if first:
+            await self._run(
+                self._index_server, [self._server_index(cred.server)], [tid, exp, fnum(now)]
+            )
+        # 3. Record on the task's slot. If Redis fails here the outcome is unknown: the
+        #    reservation stays (counted until exp) and the caller hands out nothing.
+        res = await self._run(
+            self._mint,
+            self._task_keys(tid),
+            [
+                field,
+                pack_credential(cred),
+                exp,
+                fnum(now),
+                quotas.per_task,
+                pack_target(cred.server, cred.tool),
+                exp_ms,
+                fnum(now * 1000),
+            ],
+        )
+        status = _s(res[0])
+        if status != "OK":
+            await self._release(cred.agent, [bucket])
+            raise _mint_refusal(status, res, cred, quotas)
+        if first:  # keep the server index entry as long as the task is retained
+            try:
+                await self._run(
+                    self._index_server,
+                    [self._server_index(cred.server)],
+                    [tid, _s(res[1]), fnum(now)],
+                )
+                self._indexed[pair] = None
+                if len(self._indexed) > _INDEXED_PAIRS:
+                    self._indexed.popitem(last=False)
+            except StoreUnavailable:  # the entry covers the credential's life; retried next mint
+                log.warning("could not extend the server index entry of task %s", tid)
+
+    async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
+        field = jti_field(task_id, jti) if task_id_ok(task_id) else None
+        if field is None:
+            return ConsumeResult.UNKNOWN
+        keys = self._task_keys(task_id)
+        res = await self._run(self._consume, keys[:3], [field])
+        result = ConsumeResult(int(res[0]))
+        if result is ConsumeResult.OK:
+            self._defer_release(_s(res[1]), quota_bucket(ms(packed_expiry(res[2]))))
+        return result
+
+    async def get_credential(self, task_id: str, jti: str) -> CredentialRecord | None:
+        field = jti_field(task_id, jti) if task_id_ok(task_id) else None
+        if field is None:
+            return None
+        keys = self._task_keys(task_id)
+        res = await self._run(self._get_cred, [keys[0], keys[1], keys[3]], [field])
+        if res is None:
+            return None
+        value, target, agent = res
+        return unpack_credential(task_id, _s(agent), field.encode(), value, target)
+
+    async def list_credentials(self, task_id: str) -> Sequence[CredentialRecord]:
+        if not task_id_ok(task_id):
+            return []
+        keys = self._task_keys(task_id)
+        flat, targets, agent = await self._run(self._list_creds, [keys[0], keys[1], keys[3]], [])
+        creds = []
+        for i in range(0, len(flat), 2):
+            value = flat[i + 1]
+            idx = int.from_bytes(value[1:3], "little")
+            creds.append(unpack_credential(task_id, _s(agent), flat[i], value, targets[idx]))
+        return sorted(creds, key=lambda c: c.issued_at)
+
+    # -- the per-agent quota -------------------------------------------------------------------
+
+    def _defer_release(self, agent: str, bucket: str) -> None:
+        waiting = self._pending.setdefault(agent, [])
+        waiting.append(bucket)
+        if len(waiting) > _PENDING_PER_AGENT:  # the oldest expire soon anyway
+            del waiting[0]
+        if len(self._pending) > _PENDING_AGENTS:
+            self._pending.popitem(last=False)
+
+    async def _release(self, agent: str, buckets: Sequence[str]) -> None:
+        """Best effort: a count not released here still ends with its bucket."""
+        try:
+            for i in range(0, len(buckets), _BATCH):
+                await self._run(
+                    self._release_script, [self._agent_quota(agent)], buckets[i : i + _BATCH]
+                )
+        except StoreUnavailable:
+            log.warning("agent quota of %s not released (frees up at expiry)", agent)
+
+    # -- revocation feed -----------------------------------------------------------------------
+
+    async def publish_revocation(
+        self, kind: str, subject: str, revoked_at: float, reason: str
+    ) -> RevocationEvent:
+        return await self._feed.publish(kind, subject, revoked_at, reason)
+
+    async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
+        return await self._feed.since(cursor, limit)
+
+    def watch_revocations(self, cursor: str) -> AsyncIterator[RevocationEvent]:
+        """See ``RevocationFeed.watch``: survives Redis outages, ends only when closed."""
+        return self._feed.watch(cursor)
+
+    async def last_revocation_cursor(self) -> str:
+        return await self._feed.last_cursor()
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        async with self._guard.io():
+            await self._r.ping()
+
+    async def close(self) -> None:
+        self._feed.close()
+        await self._r.aclose()
+
+
+def _mint_refusal(
+    status: str, res: Sequence[Any], cred: CredentialRecord, quotas: Quotas
+) -> Exception:
+    tid = cred.task_id
+    if status == "NOTFOUND":
+        return NotFound(f"task {tid} not found", Reason.TASK_NOT_FOUND)
+    if status == "ENDED":
+        name = TaskState(int(res[1])).name.lower()
+        return FailedPrecondition(f"task {tid} is {name}", Reason.TASK_ENDED)
+    if status == "QUOTA":
+        return QuotaExceeded(
+            f"task {tid} holds {int(res[1])} live credentials (limit {quotas.per_task}); "
+            "use or let some expire first"
+        )
+    if status == "DUP":
+        return InvalidRequest("jti", f"credential {cred.jti} is already recorded")
+    return QuotaExceeded(f"task {tid} has used too many distinct (server, tool) pairs")

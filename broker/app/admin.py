@@ -1,0 +1,400 @@
+"""The operator core behind ``AdminService``: tasks, kill switches, approvals, keys, policy, audit.
+
+No gRPC here (``broker.rpc.admin_servicer`` converts); it works on the same injected ports as
+``broker.app.credentials.Broker``, whose store, registry, keys, policy, audit trail and clock it
+uses.
+
+Revocation (DESIGN.md): an operator revokes by task, agent, server, tier or "issued before T".
+Each is O(tasks), never O(credentials): the tasks in scope are ended (their state is the
+tombstone every credential of theirs is checked against), with their live sub-tasks, and one
+revocation event per ended task is published by the store. Revoking an agent, server, tier or
+"issued before T" also publishes ONE floor event for offline verifiers, which then reject every
+token of that scope issued before ``revoked_at`` (kind ``agent``: subject = agent SPIFFE ID,
+``server``: server SPIFFE ID, ``tier``: the tier number, ``issued_before``: ``*``).
+
+A dry run computes the same set of tasks the revoke would end (the live tasks in scope and every
+sub-task below them whose state is still active) and their live credentials, and changes
+nothing. Every revoke, dry or not, is audited.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from broker.app.credentials import Broker
+from broker.core import approvals
+from broker.core.approvals import ApprovalRecord, ApprovalState
+from broker.core.audit.recent import AuditSource
+from broker.core.audit.record import AuditEvent, ChainedRecord
+from broker.core.errors import BrokerError, ConfigError, InvalidRequest, NotFound, Reason
+from broker.core.model import CredentialRecord, TaskRecord, TaskState
+from broker.core.registry import TIER_MAX_TTL, TIERS
+from broker.core.requests import MAX_TEXT, check_task_id, check_text
+from broker.core.spiffe import PeerIdentity
+from broker.core.tokens.keys import KeyInfo
+
+log = logging.getLogger("broker.app.admin")
+
+MAX_LIST = 1000
+ALL_TASKS = 1_000_000  # list_tasks limit when collecting a revoke's scope
+AUDIT_SCAN = 5000  # recent audit records searched for a task's records (GetTask)
+
+
+@dataclass(frozen=True)
+class TaskView:
+    task: TaskRecord
+    state: TaskState  # at the time of the call (EXPIRED derived)
+    live_credentials: int
+    servers: tuple[str, ...]  # servers it has been granted credentials for
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    view: TaskView
+    credentials: Sequence[CredentialRecord]
+    approvals: Sequence[ApprovalRecord]
+    audit: Sequence[ChainedRecord]  # recent records of the task (this tail's reach)
+
+
+@dataclass(frozen=True)
+class RevokeResult:
+    dry_run: bool
+    task_ids: tuple[str, ...]  # ended (or that would be), sorted
+    live_credentials: int  # live credentials among them
+
+
+@dataclass(frozen=True)
+class PolicyLoaded:
+    policies: int
+    digest: str
+
+
+@runtime_checkable
+class _DescribesKeys(Protocol):
+    def keys(self) -> list[KeyInfo]: ...
+
+
+class Admin:
+    def __init__(self, broker: Broker, audit_source: AuditSource) -> None:
+        self._b = broker
+        self._source = audit_source
+
+    def now(self) -> float:
+        return self._b.clock.now()
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    async def list_tasks(
+        self,
+        *,
+        agent: str = "",
+        server: str = "",
+        state: TaskState | None = None,
+        since: float = 0.0,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        now = self._b.clock.now()
+        server_id = self._b.registry.server(server).spiffe_id if server else ""
+        limit = min(limit or 100, MAX_LIST)
+        tasks = await self._b.store.list_tasks(
+            agent=self._agent_id(agent) if agent else "",
+            state=state,
+            since=since,
+            now=now,
+            limit=ALL_TASKS if server_id else limit,
+        )
+        out: list[TaskView] = []
+        for task in tasks:
+            view = self._view(task, await self._b.store.list_credentials(task.task_id), now)
+            if not server_id or server_id in view.servers:
+                out.append(view)
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def get_task(self, task_id: str) -> TaskDetail:
+        now = self._b.clock.now()
+        task = await self._existing_task(task_id)
+        creds = await self._b.store.list_credentials(task_id)
+        found = await self._b.store.list_approvals(task_id=task_id, now=now)
+        records = [r async for r in self._source.tail(AUDIT_SCAN, False)]
+        mine = [r for r in records if r.body.get("task") == task_id]
+        return TaskDetail(self._view(task, creds, now), creds, found, mine)
+
+    @staticmethod
+    def _view(task: TaskRecord, creds: Sequence[CredentialRecord], now: float) -> TaskView:
+        state = task.state_at(now)
+        live = 0
+        if state is TaskState.ACTIVE:
+            live = sum(1 for c in creds if not c.consumed and c.expires_at > now)
+        servers = tuple(dict.fromkeys(c.server for c in creds))
+        return TaskView(task, state, live, servers)
+
+    async def _existing_task(self, task_id: str) -> TaskRecord:
+        check_task_id(task_id)
+        task = await self._b.store.get_task(task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+        return task
+
+    def _agent_id(self, ref: str) -> str:
+        """An agent's SPIFFE ID from itself, its registry name, or NAME (-> .../agent/NAME)."""
+        if ref.startswith("spiffe://"):
+            return ref
+        for entry in self._b.registry.agents:
+            if entry.name == ref:
+                return entry.spiffe_id
+        return f"spiffe://{self._b.registry.trust_domain}/agent/{ref}"
+
+    # -- revocation --------------------------------------------------------------------------
+
+    async def revoke_task(
+        self, peer: PeerIdentity, task_id: str, *, reason: str, dry_run: bool
+    ) -> RevokeResult:
+        task = await self._existing_task(task_id)
+        roots = [task.task_id] if task.state is TaskState.ACTIVE else []
+        return await self._revoke(peer, "task", task_id, roots, reason=reason, dry_run=dry_run)
+
+    async def revoke_agent(
+        self, peer: PeerIdentity, agent: str, *, reason: str, dry_run: bool
+    ) -> RevokeResult:
+        if not agent:
+            raise InvalidRequest("agent", "is required (a SPIFFE ID or an agent name)")
+        agent_id = self._agent_id(agent)
+        now = self._b.clock.now()
+        tasks = await self._b.store.list_tasks(
+            agent=agent_id, state=TaskState.ACTIVE, now=now, limit=ALL_TASKS
+        )
+        roots = [t.task_id for t in tasks]
+        return await self._revoke(peer, "agent", agent_id, roots, reason=reason, dry_run=dry_run)
+
+    async def revoke_server(
+        self, peer: PeerIdentity, server: str, *, reason: str, dry_run: bool
+    ) -> RevokeResult:
+        if not server:
+            raise InvalidRequest("server", "is required (a SPIFFE ID or a registry name)")
+        server_id = self._b.registry.server(server).spiffe_id
+        roots = await self._b.store.tasks_with_server(server_id, self._b.clock.now())
+        return await self._revoke(peer, "server", server_id, roots, reason=reason, dry_run=dry_run)
+
+    async def revoke_tier(
+        self, peer: PeerIdentity, tier: int, *, reason: str, dry_run: bool
+    ) -> RevokeResult:
+        if tier not in TIERS:
+            raise InvalidRequest("tier", f"must be one of {', '.join(map(str, TIERS))}")
+        now = self._b.clock.now()
+        roots: dict[str, None] = {}
+        for entry in self._b.registry.servers:
+            if entry.tier == tier:
+                roots.update(
+                    dict.fromkeys(await self._b.store.tasks_with_server(entry.spiffe_id, now))
+                )
+        return await self._revoke(
+            peer, "tier", str(tier), list(roots), reason=reason, dry_run=dry_run
+        )
+
+    async def revoke_issued_before(
+        self, peer: PeerIdentity, before: float, *, reason: str, dry_run: bool
+    ) -> RevokeResult:
+        now = self._b.clock.now()
+        if before <= 0:
+            raise InvalidRequest("issued_before", "is required (a time)")
+        if before > now:
+            raise InvalidRequest("issued_before", "is in the future: that would revoke every task")
+        tasks = await self._b.store.list_tasks(state=TaskState.ACTIVE, now=now, limit=ALL_TASKS)
+        roots = [t.task_id for t in tasks if t.created_at < before]
+        return await self._revoke(
+            peer, "issued_before", "*", roots, reason=reason, dry_run=dry_run, floor=before
+        )
+
+    async def _revoke(
+        self,
+        peer: PeerIdentity,
+        kind: str,
+        subject: str,
+        roots: Sequence[str],
+        *,
+        reason: str,
+        dry_run: bool,
+        floor: float | None = None,
+    ) -> RevokeResult:
+        check_text(reason, "reason", MAX_TEXT)
+        reason = reason.strip() or f"revoked by {peer.spiffe_id}"
+        now = self._b.clock.now()
+        store = self._b.store
+        if dry_run:
+            ids = await self._scope(roots)
+            live = sum([await store.count_live_credentials(t, now) for t in ids])
+            result = RevokeResult(True, tuple(ids), live)
+            self._audit_revoke(peer, kind, subject, result, reason, floor)
+            return result
+        if kind != "task":  # one floor event: offline verifiers cut every token of the scope
+            await store.publish_revocation(kind, subject, now if floor is None else floor, reason)
+        ended: set[str] = set()
+        killed = 0
+        try:
+            for tid in roots:
+                k, done = await store.end_task(tid, state=TaskState.REVOKED, now=now, reason=reason)
+                killed += k
+                ended.update(done)
+                for t in done:  # each as it happens: a revoke cut short stays on the record
+                    self._audit(
+                        "revoke.task",
+                        peer,
+                        task=t,
+                        reason=reason,
+                        outcome="revoked",
+                        extra={"scope": kind, "subject": subject},
+                    )
+        except BrokerError:
+            partial = RevokeResult(False, tuple(sorted(ended)), killed)
+            self._audit_revoke(peer, kind, subject, partial, reason, floor, outcome="partial")
+            raise
+        result = RevokeResult(False, tuple(sorted(ended)), killed)
+        self._audit_revoke(peer, kind, subject, result, reason, floor)
+        return result
+
+    async def _scope(self, roots: Sequence[str]) -> list[str]:
+        """What ending ``roots`` ends: the roots and each sub-task below them still active."""
+        seen: set[str] = set()
+        pending = list(roots)
+        while pending:
+            tid = pending.pop()
+            if tid in seen:
+                continue
+            task = await self._b.store.get_task(tid)
+            if task is None or task.state is not TaskState.ACTIVE:
+                continue
+            seen.add(tid)
+            pending.extend(await self._b.store.list_sub_tasks(tid))
+        return sorted(seen)
+
+    def _audit_revoke(
+        self,
+        peer: PeerIdentity,
+        kind: str,
+        subject: str,
+        result: RevokeResult,
+        reason: str,
+        floor: float | None,
+        outcome: str = "",
+    ) -> None:
+        if kind == "task" and not result.dry_run and not outcome:
+            return  # one revoke.task record per ended task says it all
+        extra: dict[str, str | int | float | bool] = {
+            "subject": subject,
+            "tasks": len(result.task_ids),
+            "live_credentials": result.live_credentials,
+            "dry_run": result.dry_run,
+        }
+        if floor is not None:
+            extra["issued_before"] = floor
+        self._audit(
+            f"revoke.{kind}",
+            peer,
+            task=subject if kind == "task" else None,
+            server=subject if kind == "server" else None,
+            reason=reason,
+            outcome=outcome or ("dry-run" if result.dry_run else "revoked"),
+            extra=extra,
+        )
+
+    # -- approvals ---------------------------------------------------------------------------
+
+    async def list_approvals(
+        self, *, state: ApprovalState | None = None, every: bool = False, task_id: str = ""
+    ) -> list[ApprovalRecord]:
+        """Pending ones by default; ``state`` for another, ``every`` for all retained ones."""
+        now = self._b.clock.now()
+        if task_id:
+            check_task_id(task_id)
+        found = await self._b.store.list_approvals(task_id=task_id, now=now, limit=MAX_LIST)
+        wanted = state or ApprovalState.PENDING
+        return [a for a in found if every or a.state_at(now) is wanted]
+
+    async def decide_approval(
+        self, peer: PeerIdentity, approval_id: str, *, approve: bool, reason: str
+    ) -> ApprovalRecord:
+        approvals.check_approval_id(approval_id)
+        check_text(reason, "reason", MAX_TEXT, required=True)
+        now = self._b.clock.now()
+        changed, record = await self._b.store.decide_approval(
+            approval_id, approve=approve, decided_by=str(peer.spiffe_id), reason=reason, now=now
+        )
+        if not changed or record is None:
+            approvals.check_decidable(record, approval_id, now)  # raises, saying why
+            raise NotFound(f"approval {approval_id} not found")  # pragma: no cover
+        self._audit(
+            "approval.decide",
+            peer,
+            task=record.task_id,
+            server=record.server,
+            tool=record.tool,
+            args_sha256=record.args_sha256,
+            decision="approved" if approve else "denied",
+            policy_ids=record.policy_ids,
+            reason=reason,
+            extra={"approval_id": approval_id, "agent": record.agent},
+        )
+        return record
+
+    # -- keys, policy, audit -----------------------------------------------------------------
+
+    def list_keys(self) -> list[KeyInfo]:
+        provider = self._b.keys
+        if isinstance(provider, _DescribesKeys):
+            return provider.keys()
+        active = provider.active_kid()
+        return [
+            KeyInfo(
+                kid=str(k["kid"]),
+                alg=str(k.get("alg", "")),
+                created_at=0.0,
+                active=k["kid"] == active,
+            )
+            for k in provider.public_jwks()
+        ]
+
+    async def rotate_key(self, peer: PeerIdentity) -> KeyInfo:
+        provider = self._b.keys
+        previous = provider.active_kid()
+        now, longest = self._b.clock.now(), max(TIER_MAX_TTL.values())
+        rotate_async = getattr(provider, "rotate_async", None)  # Transit: off the event loop
+        if rotate_async is not None:
+            kid = str(await rotate_async(now, max_token_ttl=longest))
+        else:
+            kid = provider.rotate(now, max_token_ttl=longest)
+        self._audit("key.rotate", peer, extra={"kid": kid, "previous_kid": previous})
+        for info in self.list_keys():
+            if info.kid == kid:
+                return info
+        return KeyInfo(kid=kid, alg=provider.alg, created_at=self._b.clock.now(), active=True)
+
+    def reload_policy(self, peer: PeerIdentity) -> PolicyLoaded:
+        """Re-read the policy files; on any problem keep the running set and raise ConfigError
+        (FAILED_PRECONDITION, CONFIG_INVALID) naming the file."""
+        engine = self._b.policy
+        before = engine.digest
+        try:
+            engine.reload()
+        except ConfigError as exc:
+            self._audit("policy.reload", peer, outcome="failed", reason=exc.message)
+            raise
+        self._audit(
+            "policy.reload",
+            peer,
+            outcome="loaded",
+            extra={"policies": engine.policy_count, "digest": engine.digest, "previous": before},
+        )
+        return PolicyLoaded(engine.policy_count, engine.digest)
+
+    def tail_audit(self, last: int, follow: bool) -> AsyncIterator[ChainedRecord]:
+        return self._source.tail(min(last, AUDIT_SCAN * 2), follow)
+
+    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+        self._b.audit.record(
+            AuditEvent(event=event, time=self._b.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
+        )

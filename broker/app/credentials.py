@@ -1,0 +1,587 @@
+"""The broker's core: tasks, per-call credentials, verification, outcomes and revocation.
+
+No gRPC here: the servicers convert messages to ``broker.core.requests`` types, call this, and
+convert back. Everything this needs is injected: the store port, the key provider, the policy
+engine, the registry, the audit trail and the clock.
+
+Flow of one credential (DESIGN.md): resolve server and tool -> the task is the caller's and live
+-> plan -> Cedar policy (taint, tier, risk, approval) -> TTL = min(tier cap, policy cap,
+requested, task remaining) -> sign -> record in the store (quotas, atomically) -> hand out.
+A token is only ever handed out after the store recorded it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+
+import orjson
+
+from broker.app.approval_flow import ApprovalFlow
+from broker.app.audit import Auditor
+from broker.app.ports import Quotas, Store
+from broker.app.secrets import SecretBroker
+from broker.core import approvals
+from broker.core.approvals import ApprovalRecord, ApprovalState
+from broker.core.audit.record import AuditEvent
+from broker.core.clock import Clock
+from broker.core.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Reason,
+    StoreUnavailable,
+    Unauthenticated,
+    VaultUnavailable,
+)
+from broker.core.ids import new_jti, new_task_id, task_of_jti
+from broker.core.model import (
+    ConsumeResult,
+    CredentialRecord,
+    PlanStep,
+    Taint,
+    TaskRecord,
+    TaskState,
+)
+from broker.core.policy.engine import PolicyEngine
+from broker.core.policy.model import Effect, PolicyRequest
+from broker.core.registry import ContentTrust, Registry, ServerEntry, ToolEntry, tier_ttl_cap
+from broker.core.requests import (
+    BeginTask,
+    CredentialRequest,
+    Granted,
+    Outcome,
+    Pending,
+    Verified,
+    VerifyRequest,
+    check_task_id,
+)
+from broker.core.spiffe import PeerIdentity
+from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
+from broker.core.tokens.keys import KeyProvider, KeySet
+from broker.core.tokens.verify import verify_token
+
+log = logging.getLogger("broker.app.credentials")
+
+# Tasks are kept this long after their expiry, so that late verifications still find the
+# tombstone rather than nothing (which also fails, but with a less useful reason).
+TASK_RETENTION = 600.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    task_max_ttl: float = 3600.0
+    task_default_ttl: float = 900.0
+    quotas: Quotas = field(default_factory=Quotas)
+    leeway: float = 5.0
+    max_delegation_depth: int = 3
+    approval_ttl: float = approvals.DEFAULT_TTL
+    max_pending_approvals: int = approvals.MAX_PENDING_PER_TASK
+
+
+class Broker:
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        registry: Registry,
+        policy: PolicyEngine,
+        keys: KeyProvider,
+        store: Store,
+        audit: Auditor,
+        clock: Clock,
+        limits: Limits | None = None,
+        secrets: SecretBroker | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.registry = registry
+        self.policy = policy
+        self.keys = keys
+        self.store = store
+        self.audit = audit
+        self.clock = clock
+        self.limits = limits or Limits()
+        self.approvals = ApprovalFlow(
+            store,
+            self._audit,
+            ttl=self.limits.approval_ttl,
+            max_pending=self.limits.max_pending_approvals,
+        )
+        self.secrets = (
+            secrets  # downstream secrets from Vault (broker.adapters.vault); None: no Vault
+        )
+        self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
+        self._last_key_refresh = 0.0
+
+    # -- AgentService ------------------------------------------------------------------------
+
+    async def begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
+        now = self.clock.now()
+        agent = str(peer.spiffe_id)
+        plan = tuple(self._plan_step(i, ref, tool) for i, (ref, tool) in enumerate(req.plan))
+        ttl = float(req.ttl_seconds) if req.ttl_seconds else self.limits.task_default_ttl
+        expires_at = now + min(ttl, self.limits.task_max_ttl)
+        depth, taint = 0, Taint.CLEAN
+        act: tuple[str, ...] = ()
+        if req.parent_task_id:
+            parent = await self._task(req.parent_task_id, now, owner=None)
+            depth = parent.depth + 1
+            if depth > self.limits.max_delegation_depth:
+                raise PermissionDenied(
+                    f"delegation depth {depth} exceeds the limit of "
+                    f"{self.limits.max_delegation_depth}",
+                    Reason.POLICY_DENIED,
+                )
+            act = (parent.agent, *parent.act)
+            taint = parent.taint  # a sub-agent inherits what its parent has read
+            expires_at = min(expires_at, parent.expires_at)
+            if parent.plan:
+                if not plan:
+                    plan = parent.plan
+                for i, step in enumerate(plan):
+                    # covers() also makes "any tool" (tool "") need "any tool" in the parent
+                    if not any(p.covers(step.server, step.tool) for p in parent.plan):
+                        raise PermissionDenied(
+                            f"plan[{i}] ({step.server} {step.tool or '*'}) is outside the "
+                            "parent task's plan",
+                            Reason.OUTSIDE_PLAN,
+                        )
+        task = TaskRecord(
+            task_id=new_task_id(),
+            agent=agent,
+            intent=req.intent,
+            on_behalf_of=req.on_behalf_of,
+            created_at=now,
+            expires_at=expires_at,
+            parent_task_id=req.parent_task_id,
+            plan=plan,
+            labels=dict(req.labels),
+            depth=depth,
+            act=act,
+            taint=taint,
+        )
+        await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
+        self._audit("task.begin", peer, task=task.task_id, extra={"depth": depth})
+        return task
+
+    async def request_credential(
+        self, peer: PeerIdentity, req: CredentialRequest
+    ) -> Granted | Pending:
+        """A credential for one call, or a pending approval for it (then retried with its id)."""
+        now = self.clock.now()
+        task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
+        server = self.registry.server(req.server)
+        tool = self.registry.tool(server, req.tool)
+        in_plan = not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan)
+        if not in_plan:
+            self._audit_decision(peer, task, server, req, "deny", ("outside-plan",))
+            raise PermissionDenied(
+                f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
+                Reason.OUTSIDE_PLAN,
+            )
+        policy_request = _policy_request(task, server, tool, task.taint, now)
+        approval: ApprovalRecord | None = None
+        if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
+            approval = await self.approvals.presented(peer, task, server, req, now)
+            policy_request = replace(policy_request, approved=True)
+        decision = self.policy.decide(policy_request)
+        ids = tuple(decision.policy_ids)
+        if decision.effect is Effect.DENY:
+            self._audit_decision(peer, task, server, req, "deny", ids)
+            raise PermissionDenied(
+                f"denied by policy {', '.join(ids) or '(no permit matched)'}",
+                Reason.POLICY_DENIED,
+                policy_ids=ids,
+            )
+        if decision.effect is Effect.APPROVAL_REQUIRED:
+            self._audit_decision(peer, task, server, req, "approval_required", ids)
+            return await self.approvals.ask(peer, task, server, req, decision.reasons, ids, now)
+        if approval is not None and approval.state_at(now) is ApprovalState.PENDING:
+            return Pending(approval.approval_id, approval.expires_at, approval.reason)
+        caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
+        if decision.ttl_cap is not None:
+            caps.append(float(decision.ttl_cap))
+        if req.ttl_seconds:
+            caps.append(float(req.ttl_seconds))
+        ttl = int(min(caps))
+        if ttl < 1:
+            raise FailedPrecondition(
+                f"task {task.task_id} expires in under a second", Reason.TASK_ENDED
+            )
+        iat = int(now)
+        jti = new_jti(task.task_id)
+        claims = TokenClaims(
+            iss=self.issuer,
+            sub=task.agent,
+            aud=server.spiffe_id,
+            iat=iat,
+            nbf=iat,
+            exp=iat + ttl,
+            jti=jti,
+            task=task.task_id,
+            authorization_details=(
+                AuthorizationDetail(
+                    type="tool_call",
+                    server=server.spiffe_id,
+                    tool=tool.name,
+                    action=tool.risk.value,
+                    args_sha256=req.args_sha256,
+                ),
+            ),
+            cnf_x5t_s256=peer.x5t_s256,
+            tier=server.tier,
+            taint=task.taint.label,
+            act=_act_claim(task.act),
+        )
+        token = await mint_token_async(claims, self.keys)  # Transit: signs off the event loop
+        await self.store.record_credential(
+            CredentialRecord(
+                jti=jti,
+                task_id=task.task_id,
+                agent=task.agent,
+                server=server.spiffe_id,
+                tool=tool.name,
+                args_sha256=req.args_sha256,
+                tier=server.tier,
+                issued_at=float(iat),
+                expires_at=float(iat + ttl),
+            ),
+            quotas=self.limits.quotas,
+            now=now,
+        )
+        if approval is not None:
+            # Used up only once the credential is signed and recorded, so that a failure of
+            # either does not burn the operator's approval. If this fails (a concurrent retry
+            # used it first), the recorded credential is never handed out.
+            await self.approvals.use(peer, approval, now)
+        self._audit_decision(peer, task, server, req, "allow", ids)
+        self._audit(
+            "credential.mint",
+            peer,
+            **req.audit_fields(task.task_id, server.spiffe_id),
+            jti=jti,
+            extra={"ttl": ttl, "tier": server.tier},
+        )
+        return Granted(token=token, jti=jti, expires_at=float(iat + ttl))
+
+    async def end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
+        now = self.clock.now()
+        check_task_id(task_id)
+        await self._task(task_id, now, owner=str(peer.spiffe_id), live=False)
+        killed, ended = await self.store.end_task(
+            task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
+        )
+        self._audit(  # before the Vault step: the task has ended whatever Vault says
+            "task.end",
+            peer,
+            task=task_id,
+            outcome=outcome or None,
+            extra={"revoked_credentials": killed, "tasks_ended": len(ended)},
+        )
+        if self.secrets is not None:  # revoke the Vault leases of every task this ended
+            await self.secrets.revoke_tasks((task_id, *ended), outcome or "ended by agent")
+        return killed
+
+    # -- VerifierService ---------------------------------------------------------------------
+
+    def keyset(self) -> KeySet:
+        jwks = self.keys.public_jwks()
+        kids = tuple(sorted(str(k["kid"]) for k in jwks))
+        if self._keyset_cache is None or self._keyset_cache[0] != kids:
+            self._keyset_cache = (kids, KeySet.from_jwks({"keys": jwks}))
+        return self._keyset_cache[1]
+
+    def keyset_for(self, token: str) -> KeySet:
+        """The key set, re-read from the shared key ring first when the token names a key this
+        replica has not seen yet (another replica rotated). At most once a second."""
+        keys = self.keyset()
+        kid = _peek_kid(token)
+        now = self.clock.now()
+        if kid is not None and kid not in keys and now - self._last_key_refresh >= 1.0:
+            self._last_key_refresh = now
+            try:
+                self.refresh_keys(now)
+            except Exception:  # a client's kid must not surface the key ring's paths or errors
+                log.exception("re-reading the signing key ring failed; using the keys in memory")
+            keys = self.keyset()
+        return keys
+
+    def refresh_keys(self, now: float) -> None:
+        """Follow rotations made by other replicas and prune keys whose tokens have expired."""
+        reload = getattr(self.keys, "reload", None)
+        if reload is not None:
+            reload(now)
+        self.keys.prune(now)
+
+    async def verify_credential(self, peer: PeerIdentity, req: VerifyRequest) -> Verified:
+        now = self.clock.now()
+        audience = str(peer.spiffe_id)
+        presenter = (
+            base64.urlsafe_b64encode(bytes.fromhex(req.presenter_cert_sha256)).rstrip(b"=").decode()
+            if req.presenter_cert_sha256
+            else None
+        )
+        try:
+            claims = verify_token(
+                req.token,
+                keys=self.keyset_for(req.token),
+                allowed_algs=frozenset({self.keys.alg}),
+                issuer=self.issuer,
+                audience=audience,
+                now=now,
+                leeway=self.limits.leeway,
+                tool=req.tool,
+                args_sha256=req.args_sha256,
+                presenter_x5t_s256=presenter,
+            )
+            task = await self._check_taint_since_mint(claims, now)
+            result = await self.store.consume_credential(claims.task, claims.jti, now)
+            if result is ConsumeResult.REPLAYED:
+                raise Unauthenticated(
+                    "credential was already used: it verifies once", Reason.REPLAYED
+                )
+            if result is ConsumeResult.REVOKED:
+                raise Unauthenticated(
+                    f"task {claims.task} has ended or was revoked", Reason.REVOKED
+                )
+            if result is ConsumeResult.UNKNOWN:
+                raise Unauthenticated(
+                    "credential is not known to the broker's store (expired long ago, or the "
+                    "store lost it): treated as revoked",
+                    Reason.REVOKED,
+                )
+        except Unauthenticated as exc:
+            self._audit("credential.verify", peer, outcome="rejected", reason=exc.reason.value)
+            raise
+        # taint as read just before the consume (one store round trip fewer)
+        taint = task.taint if task else Taint.from_label(claims.taint)
+        detail = claims.authorization_details[0]
+        self._audit(
+            "credential.consume",
+            peer,
+            task=claims.task,
+            server=audience,
+            tool=detail.tool,
+            args_sha256=detail.args_sha256,
+            jti=claims.jti,
+            outcome="accepted",
+        )
+        secret = None
+        entry = self.registry.server(audience).tools.get(detail.tool)
+        if entry is not None and entry.secret is not None:  # fails closed without Vault
+            if self.secrets is None:
+                raise VaultUnavailable(f"{detail.tool} needs a secret and no Vault is configured")
+            secret = await self.secrets.issue(entry.secret, claims, now)
+        return Verified(
+            task_id=claims.task,
+            agent=claims.sub,
+            server=audience,
+            tool=detail.tool,
+            tier=claims.tier,
+            taint=taint,
+            jti=claims.jti,
+            expires_at=float(claims.exp),
+            secret=secret,
+        )
+
+    async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> TaskRecord | None:
+        """Online twin of ``_recheck_live_credentials``, for a race with a taint report.
+        Returns the task as read (None if the store no longer has it)."""
+        task = await self.store.get_task(claims.task)
+        if task is None or task.taint <= Taint.from_label(claims.taint):
+            return task
+        server = self.registry.server(claims.aud)
+        tool = server.tools.get(claims.authorization_details[0].tool)
+        if tool is not None:
+            decision = self.policy.decide(_policy_request(task, server, tool, task.taint, now))
+            if decision.effect is Effect.ALLOW:
+                return task
+        raise Unauthenticated(
+            f"task {claims.task} became {task.taint.label} after this credential was minted "
+            "and policy no longer allows the call: ask again",
+            Reason.REVOKED,
+        )
+
+    async def report_outcome(self, peer: PeerIdentity, outcome: Outcome) -> Taint:
+        task_id = task_of_jti(outcome.jti)
+        if task_id is None:
+            raise InvalidRequest("jti", "is not a credential id issued by this broker")
+        cred = await self.store.get_credential(task_id, outcome.jti)
+        if cred is None or cred.server != str(peer.spiffe_id):
+            raise NotFound(f"no credential {outcome.jti} for {peer.spiffe_id}")
+        if not cred.consumed:
+            # Verified offline (broker.client.verifier): mark it used here too, so that it stops
+            # counting against the quotas and can no longer be verified online.
+            await self.store.consume_credential(task_id, outcome.jti, self.clock.now())
+        server = self.registry.server(cred.server)
+        untrusted = (
+            outcome.untrusted
+            if outcome.untrusted is not None
+            else server.content_trust is ContentTrust.UNTRUSTED
+        )
+        taint = Taint.CLEAN
+        if untrusted:
+            taint = Taint.UNTRUSTED
+        if outcome.findings:
+            taint = Taint.SUSPECT
+        before = await self.store.get_task(task_id)
+        new = await self.store.raise_taint(task_id, taint)
+        if before is not None and new > before.taint:
+            await self._recheck_live_credentials(peer, before, new)
+        self._audit(
+            "outcome.report",
+            peer,
+            task=task_id,
+            server=cred.server,
+            tool=cred.tool,
+            jti=outcome.jti,
+            outcome="succeeded" if outcome.succeeded else "failed",
+            extra={
+                "taint": new.label,
+                "findings": ",".join(sorted({k for k, _ in outcome.findings})),
+                **({"result_sha256": outcome.result_sha256} if outcome.result_sha256 else {}),
+            },
+        )
+        return new
+
+    async def _recheck_live_credentials(
+        self, peer: PeerIdentity, task: TaskRecord, taint: Taint
+    ) -> None:
+        """The task's taint just rose: a credential minted before it must not outlive a decision
+        policy would no longer make (e.g. a secret read minted while clean, used after reading
+        a poisoned page). Each live one is decided again at the new taint; those no longer
+        allowed are used up here and announced on the revocation feed (offline verifiers)."""
+        now = self.clock.now()
+        for cred in await self.store.list_credentials(task.task_id):
+            if cred.consumed or cred.expires_at <= now:
+                continue
+            server = self.registry.server(cred.server)
+            tool = server.tools.get(cred.tool)
+            if tool is not None:
+                decision = self.policy.decide(_policy_request(task, server, tool, taint, now))
+                if decision.effect is Effect.ALLOW:
+                    continue
+            # Announce first (offline verifiers), then use up (online). Online verification
+            # refuses such a credential anyway (_check_taint_since_mint); the announcement is
+            # retried briefly so that a blip of the store does not leave offline verifiers out.
+            reason = f"task taint rose to {taint.label} after it was minted"
+            await _with_retry(
+                functools.partial(
+                    self.store.publish_revocation, "credential", cred.jti, now, reason
+                )
+            )
+            await self.store.consume_credential(task.task_id, cred.jti, now)
+            self._audit(
+                "revoke.credential",
+                peer,
+                task=task.task_id,
+                server=cred.server,
+                tool=cred.tool,
+                jti=cred.jti,
+                reason=reason,
+            )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _plan_step(self, i: int, ref: str, tool: str) -> PlanStep:
+        try:
+            server = self.registry.server(ref)
+            if tool:
+                self.registry.tool(server, tool)
+        except NotFound as exc:
+            raise NotFound(f"plan[{i}]: {exc.message}", exc.reason) from None
+        return PlanStep(server.spiffe_id, tool)
+
+    async def _task(
+        self, task_id: str, now: float, *, owner: str | None, live: bool = True
+    ) -> TaskRecord:
+        task = await self.store.get_task(task_id)
+        # Another agent's task is reported as absent: ids are not an oracle.
+        if task is None or (owner is not None and task.agent != owner):
+            raise NotFound(f"task {task_id} not found", Reason.TASK_NOT_FOUND)
+        if live and not task.is_live(now):
+            raise FailedPrecondition(
+                f"task {task_id} is {task.state_at(now).name.lower()}", Reason.TASK_ENDED
+            )
+        return task
+
+    def _audit_decision(
+        self,
+        peer: PeerIdentity,
+        task: TaskRecord,
+        server: ServerEntry,
+        req: CredentialRequest,
+        decision: str,
+        policy_ids: tuple[str, ...],
+    ) -> None:
+        self._audit(
+            "credential.decision",
+            peer,
+            **req.audit_fields(task.task_id, server.spiffe_id),
+            decision=decision,
+            policy_ids=policy_ids,
+            extra={"taint": task.taint.label, "tier": server.tier},
+        )
+
+    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+        self.audit.record(
+            AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
+        )
+
+
+async def _with_retry(
+    op: Callable[[], Awaitable[object]], attempts: int = 3, delay: float = 0.05
+) -> None:
+    """Run ``op``, retrying a StoreUnavailable twice; the last failure propagates."""
+    for attempt in range(attempts):
+        try:
+            await op()
+            return
+        except StoreUnavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(delay * (attempt + 1))
+
+
+def _policy_request(
+    task: TaskRecord, server: ServerEntry, tool: ToolEntry, taint: Taint, now: float
+) -> PolicyRequest:
+    return PolicyRequest(
+        agent=task.agent,
+        server=server,
+        tool=tool,
+        intent=task.intent,
+        taint=taint.label,
+        in_plan=not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan),
+        has_plan=bool(task.plan),
+        approved=False,
+        now=now,
+        delegation_depth=task.depth,
+        on_behalf_of=task.on_behalf_of,
+    )
+
+
+def _peek_kid(token: str) -> str | None:
+    """The ``kid`` of a token's header, unverified, or None: only to pick a key set."""
+    head = token.split(".", 1)[0]
+    if len(head) > 512:
+        return None
+    try:
+        header = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        return None
+    kid = header.get("kid") if isinstance(header, dict) else None
+    return kid if isinstance(kid, str) else None
+
+
+def _act_claim(chain: tuple[str, ...]) -> dict[str, object] | None:
+    """RFC 8693 §4.1 ``act``: the nearest delegator outermost, earlier ones nested."""
+    claim: dict[str, object] | None = None
+    for agent in reversed(chain):
+        claim = {"sub": agent, **({"act": claim} if claim else {})}
+    return claim

@@ -1,0 +1,155 @@
+"""The store port: everything the broker keeps between calls.
+
+Implementations: ``MemoryStore`` (embedded default, unit tests) and the Redis store. Both pass
+the same contract suite (tests/contract). Rules every implementation keeps:
+
+- Each method is atomic: no caller ever sees half of a change (Redis: one Lua script per call,
+  all keys of a task sharing the hash tag ``{task_id}``).
+- Revoking a task is O(1) in its credentials: the task's state is the tombstone; consuming a
+  credential checks it in the same atomic step.
+- Expiry of stored records is bookkeeping only: verification checks ``exp`` itself. A task
+  record is kept at least until its last credential has expired (``retain_until``).
+- Unreachable backend: raise ``StoreUnavailable`` within a bounded time, never hang.
+- Time is always passed in (``now``); no implementation reads the wall clock for logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from broker.core.approvals import ApprovalRecord
+from broker.core.model import (
+    ConsumeResult,
+    CredentialRecord,
+    RevocationEvent,
+    Taint,
+    TaskRecord,
+    TaskState,
+)
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Caps on live credentials. A store may count a credential a little longer than it is
+    live, never shorter (quotas fail closed): the Redis store counts it against its agent up to
+    5 s past its exp, and a consumed one until the consuming process next mints for that agent
+    (or its exp)."""
+
+    per_task: int = 64  # live (unexpired, unconsumed) credentials per task
+    per_agent: int = 1024  # live credentials per agent, across its tasks
+
+
+class Store(Protocol):
+    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound."""
+        ...
+
+    async def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    async def record_credential(
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+    ) -> None:
+        """Atomically: check the task is live (FailedPrecondition TASK_ENDED otherwise, NotFound
+        TASK_NOT_FOUND if absent), check quotas (QuotaExceeded), record the credential."""
+        ...
+
+    async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
+        """Single use: the first call for a recorded credential of a live task returns OK."""
+        ...
+
+    async def get_credential(self, task_id: str, jti: str) -> CredentialRecord | None: ...
+
+    async def list_credentials(self, task_id: str) -> Sequence[CredentialRecord]: ...
+
+    async def raise_taint(self, task_id: str, taint: Taint) -> Taint:
+        """Raise the task's taint to at least ``taint`` (never lowers it); return the result."""
+        ...
+
+    async def end_task(
+        self, task_id: str, *, state: TaskState, now: float, reason: str
+    ) -> tuple[int, Sequence[str]]:
+        """End a live task and, recursively, its live sub-tasks. Return the number of live
+        credentials that died and the ids of every task ended by this call (empty if the task
+        had already ended: idempotent). Publishes one "task" revocation event per ended task."""
+        ...
+
+    async def list_tasks(
+        self,
+        *,
+        agent: str = "",
+        state: TaskState | None = None,
+        since: float = 0.0,
+        now: float,
+        limit: int = 1000,
+    ) -> Sequence[TaskRecord]: ...
+
+    async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
+        """Live tasks that hold (or held) a credential for ``server``."""
+        ...
+
+    async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
+        """Ids of the task's direct sub-tasks, whatever their state ([] for an unknown task)."""
+        ...
+
+    async def count_live_credentials(self, task_id: str, now: float) -> int:
+        """Unconsumed credentials of the task that expire after ``now`` (0 for an unknown or
+        ended task). Never a walk over the credentials in Redis (ZCOUNT)."""
+        ...
+
+    # -- approvals (broker.core.approvals) --------------------------------------------------------
+
+    async def create_approval(
+        self, approval: ApprovalRecord, *, now: float, max_pending: int
+    ) -> ApprovalRecord:
+        """Atomically: the task must be live (FailedPrecondition TASK_ENDED, NotFound
+        TASK_NOT_FOUND); a PENDING, unexpired approval of the task with the same binding is
+        returned as it is (no new record); else QuotaExceeded when the task already has
+        ``max_pending`` pending ones; else ``approval`` is recorded and returned."""
+        ...
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
+
+    async def list_approvals(
+        self, *, task_id: str = "", now: float, limit: int = 1000
+    ) -> Sequence[ApprovalRecord]:
+        """The approvals of ``task_id``, or of every task (those still retained: at least
+        ``approvals.RETENTION`` past their expiry), oldest first. Callers filter by state."""
+        ...
+
+    async def decide_approval(
+        self, approval_id: str, *, approve: bool, decided_by: str, reason: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        """Atomically: a PENDING, unexpired approval becomes APPROVED or DENIED (who, why,
+        when): (True, the new record). Otherwise nothing changes: (False, the record as it is,
+        or None when unknown)."""
+        ...
+
+    async def consume_approval(
+        self, approval_id: str, *, binding: str, now: float
+    ) -> tuple[bool, ApprovalRecord | None]:
+        """Single use: an APPROVED, unexpired approval for exactly ``binding`` becomes USED:
+        (True, the new record). Otherwise nothing changes: (False, the record as it is, or
+        None when unknown). Of concurrent calls at most one gets True."""
+        ...
+
+    async def publish_revocation(
+        self, kind: str, subject: str, revoked_at: float, reason: str
+    ) -> RevocationEvent: ...
+
+    async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
+        """Events after ``cursor`` ("" = from the beginning of what is retained)."""
+        ...
+
+    def watch_revocations(self, cursor: str) -> AsyncIterator[RevocationEvent]:
+        """Events after ``cursor``, then new ones as they come ("$" = only new ones)."""
+        ...
+
+    async def last_revocation_cursor(self) -> str: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the backend cannot be reached."""
+        ...
+
+    async def close(self) -> None: ...

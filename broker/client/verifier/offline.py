@@ -1,0 +1,239 @@
+"""The offline verifier: an MCP server checks credentials itself, without a broker round trip.
+
+Per verification (no I/O unless the token names a kid not yet seen):
+
+1. the revocation feed is fresh: it delivered an event or a heartbeat within ``stale_after``
+   seconds, else ``STALE`` (fail closed; see below);
+2. ``verify_token``, the broker's own checks: type, algorithm, known kid, signature, issuer, this
+   server's audience, time, this tool, these arguments, the presenter's certificate if known;
+3. the revocations the feed delivered: task ended or revoked, credential revoked, and the floors
+   (agent, server, tier, issued before T) -> ``REVOKED``;
+4. single use in this process (``verify`` only): a jti accepted before -> ``REPLAYED``.
+
+The feed: a background task follows ``WatchRevocations`` from the last cursor it saw, reading
+with a watchdog of ``stale_after`` seconds, and reconnects with exponential back-off (jittered,
+``backoff_initial`` to ``backoff_max``) after an error, an end of stream or a silent stream. If
+the broker refuses the cursor (its feed was reset), the verifier resubscribes from now and
+refuses every token issued up to then (plus leeway): it cannot know what it missed.
+
+Staleness: while the feed is down, a revocation may happen that this process does not hear of.
+So once the feed has been silent longer than ``stale_after`` (default 5 s, the broker sending a
+heartbeat every second), EVERY verification fails with ``Unauthenticated(Reason.STALE)`` until
+the feed is back. This bounds how long a revoked credential can still be accepted here:
+``stale_after`` plus the feed's delivery delay, never more.
+
+Single use is per process: several replicas of one MCP server each keep their own cache, so a
+credential could be replayed once per replica; use the online verifier (the broker consumes
+atomically), or route one task to one replica, where that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from broker._proto.broker.v1 import verifier_pb2
+from broker.client.sdk.errors import BrokerUnavailable, error_from_rpc
+from broker.client.verifier.base import (
+    BaseVerifier,
+    VerifiedCall,
+    call_digest,
+    call_of,
+    presenter_thumbprint,
+)
+from broker.client.verifier.state import Freshness, ReplayCache, RevocationState
+from broker.core.errors import BrokerError, InvalidRequest, Reason, Unauthenticated
+from broker.core.model import RevocationEvent
+from broker.core.tokens.claims import TokenClaims
+
+log = logging.getLogger("broker.client.verifier")
+
+KIND_OF_PB = {
+    verifier_pb2.REVOCATION_KIND_HEARTBEAT: "heartbeat",
+    verifier_pb2.REVOCATION_KIND_TASK: "task",
+    verifier_pb2.REVOCATION_KIND_AGENT: "agent",
+    verifier_pb2.REVOCATION_KIND_SERVER: "server",
+    verifier_pb2.REVOCATION_KIND_TIER: "tier",
+    verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE: "issued_before",
+    verifier_pb2.REVOCATION_KIND_CREDENTIAL: "credential",
+}
+PRUNE_EVERY = 1.0  # seconds between prunings of the revocation state
+
+
+class OfflineVerifier(BaseVerifier):
+    """Verifies credentials locally; follows the broker's revocation feed in the background."""
+
+    mode = "offline"
+
+    def __init__(self, address: str, **kwargs: Any) -> None:
+        super().__init__(address, **kwargs)
+        s = self.settings
+        self.replay = ReplayCache(s.leeway)
+        self.revocations = RevocationState(retention=s.max_token_ttl + 2 * s.leeway)
+        self.freshness = Freshness(s.stale_after)
+        self.cursor = ""
+        self.events = 0  # revocation events applied (not heartbeats)
+        self.reconnects = 0
+        self.last_error = ""
+        self._follower: asyncio.Task[None] | None = None
+        self._closing = False
+        self._progress = asyncio.Event()
+        self._pruned_at = float("-inf")
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, load the keys and follow the feed; return once the feed is live. Raises
+        ``BrokerUnavailable`` if it is not live within ``start_timeout`` seconds."""
+        await super().start()
+        if self._follower is None:
+            self._follower = asyncio.get_running_loop().create_task(
+                self._follow(), name=f"revocation-feed {self.identity}"
+            )
+        if not await self.wait_fresh(self.settings.start_timeout):
+            raise BrokerUnavailable(
+                f"the revocation feed from {self.address} did not start within "
+                f"{self.settings.start_timeout:g} s: {self.last_error or 'no answer'}"
+            )
+
+    async def aclose(self) -> None:
+        self._closing = True
+        follower, self._follower = self._follower, None
+        # A cancellation can be lost (a read that completes as it is cancelled): insist.
+        while follower is not None and not follower.done():
+            follower.cancel()
+            await asyncio.wait({follower}, timeout=0.1)
+        await super().aclose()
+
+    def fresh(self) -> bool:
+        return self.freshness.fresh(self.monotonic())
+
+    async def wait_fresh(self, within: float) -> bool:
+        """Wait until the feed is fresh (for start-up and tests); false on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while not self.fresh():
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 0.05)):
+                    await self._progress.wait()
+        return True
+
+    # -- verification --------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> TokenClaims:
+        """All checks but the call binding and single use (for the HTTP layer, which does not
+        know the tool call yet). Does not consume the credential."""
+        self.freshness.check(self.monotonic())
+        claims = await self._authenticated(token)
+        self.revocations.check(claims)
+        self._maybe_refresh_keys()
+        return claims
+
+    async def verify(
+        self,
+        token: str,
+        *,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        args_sha256: str | None = None,
+        presenter_cert_sha256: str | None = None,
+    ) -> VerifiedCall:
+        """Verify ``token`` for this call of ``tool`` with ``arguments`` (or their
+        ``args_sha256``) and consume it. Raises ``Unauthenticated`` with the reason."""
+        self.freshness.check(self.monotonic())
+        digest = call_digest(arguments, args_sha256)
+        presenter = presenter_thumbprint(presenter_cert_sha256)
+        claims = await self._checked(token, tool, digest, presenter)
+        self.revocations.check(claims)
+        if not self.replay.consume(claims.jti, float(claims.exp), self.clock.now()):
+            raise Unauthenticated("credential was already used: it verifies once", Reason.REPLAYED)
+        self._maybe_refresh_keys()
+        return call_of(claims, self.mode)
+
+    # -- the revocation feed -------------------------------------------------------------------
+
+    def apply(self, event: RevocationEvent) -> None:
+        """Take one feed message (event or heartbeat): the feed is alive, the cursor moves."""
+        if event.cursor:
+            self.cursor = event.cursor
+        if event.kind != "heartbeat":
+            self.revocations.apply(event)
+            self.events += 1
+            log.info("revocation: %s %s (%s)", event.kind, event.subject, event.reason)
+        now = self.monotonic()
+        self.freshness.touch(now)
+        if now - self._pruned_at >= PRUNE_EVERY:
+            self._pruned_at = now
+            self.revocations.prune(self.clock.now())
+            self.replay.prune(self.clock.now())
+        self._progress.set()
+
+    async def _follow(self) -> None:
+        s = self.settings
+        backoff = s.backoff_initial
+        while not self._closing:
+            try:
+                got_any = await self._follow_once()
+            except Exception as exc:  # the follower must survive anything
+                log.exception("revocation feed: unexpected error")
+                self.last_error, got_any = f"unexpected error: {exc!r}", False
+            if got_any:
+                backoff = s.backoff_initial
+            await asyncio.sleep(backoff * (0.5 + random.random() / 2))  # noqa: S311 - jitter
+            backoff = min(backoff * 2, s.backoff_max)
+            self.reconnects += 1
+
+    async def _follow_once(self) -> bool:
+        """One subscription, until it fails or goes silent; whether it delivered anything."""
+        call = self.stub.WatchRevocations(verifier_pb2.WatchRevocationsRequest(since=self.cursor))
+        got_any = False
+        try:
+            while not self._closing:
+                async with asyncio.timeout(self.settings.stale_after):
+                    msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    self.last_error = "the broker ended the revocation feed"
+                    return got_any
+                self.apply(
+                    RevocationEvent(
+                        cursor=msg.cursor,
+                        kind=KIND_OF_PB.get(msg.kind, "unknown"),
+                        subject=msg.subject,
+                        revoked_at=float(msg.revoked_at.ToNanoseconds()) / 1e9,
+                        reason=msg.reason,
+                    )
+                )
+                got_any = True
+        except TimeoutError:
+            self.last_error = f"the revocation feed was silent for {self.settings.stale_after:g} s"
+        except grpc.aio.AioRpcError as exc:
+            self._feed_failed(error_from_rpc(exc, what="WatchRevocations"))
+        finally:
+            call.cancel()
+        if not self._closing:
+            log.warning("revocation feed: %s; reconnecting", self.last_error)
+        return got_any
+
+    def _feed_failed(self, err: BrokerError) -> None:
+        self.last_error = str(err)
+        if isinstance(err, InvalidRequest) and err.field == "since":
+            # The broker's feed was reset: what happened in between is unknown. Refuse every
+            # token issued up to now (plus leeway for clock skew) and follow from now on.
+            floor = self.clock.now() + self.settings.leeway
+            self.revocations.revoke_issued_before(floor)
+            log.warning(
+                "revocation feed reset (cursor %r refused): refusing tokens issued before %.0f",
+                self.cursor,
+                floor,
+            )
+            self.cursor = ""

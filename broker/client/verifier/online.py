@@ -1,0 +1,78 @@
+"""The online verifier: every tool call is checked and consumed by the broker (VerifyCredential).
+
+Single use holds across every replica of the server (the broker's store consumes atomically),
+revocation is exact, and ``VerifiedCall.taint`` is the task's taint now rather than when the
+credential was minted. The cost is a round trip to the broker per tool call (see docs/mcp.md).
+
+``authenticate`` (the HTTP layer, before the tool call is known) checks the signature, issuer,
+audience and time against the cached keys, without a round trip and without consuming. If the
+broker cannot be reached, ``verify`` fails closed with ``STALE``: revocation cannot be confirmed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker._proto.broker.v1 import verifier_pb2
+from broker.client.sdk.errors import BrokerUnavailable
+from broker.client.verifier.base import (
+    TAINT_OF_PB,
+    BaseVerifier,
+    VerifiedCall,
+    call_digest,
+    rejected,
+)
+from broker.core.errors import BrokerError, Reason, Unauthenticated
+from broker.core.model import Taint
+from broker.core.tokens.claims import TokenClaims
+
+
+class OnlineVerifier(BaseVerifier):
+    mode = "online"
+
+    async def authenticate(self, token: str) -> TokenClaims:
+        claims = await self._authenticated(token)
+        self._maybe_refresh_keys()
+        return claims
+
+    async def verify(
+        self,
+        token: str,
+        *,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        args_sha256: str | None = None,
+        presenter_cert_sha256: str | None = None,
+    ) -> VerifiedCall:
+        digest = call_digest(arguments, args_sha256)
+        try:
+            resp = await self._rpc(
+                "VerifyCredential",
+                self.stub.VerifyCredential,
+                verifier_pb2.VerifyCredentialRequest(
+                    token=token,
+                    tool=tool,
+                    args_sha256=digest,
+                    presenter_cert_sha256=presenter_cert_sha256 or "",
+                ),
+            )
+        except BrokerUnavailable as exc:
+            raise Unauthenticated(
+                f"the broker cannot be reached to verify the credential: {exc.message}",
+                Reason.STALE,
+            ) from None
+        except BrokerError as exc:
+            raise rejected(exc) from None
+        return VerifiedCall(
+            task_id=str(resp.task_id),
+            agent=str(resp.agent),
+            server=self.identity,
+            tool=str(resp.tool),
+            args_sha256=digest,
+            tier=int(resp.tier),
+            taint=TAINT_OF_PB.get(resp.taint, Taint.SUSPECT),
+            jti=str(resp.jti),
+            expires_at=float(resp.expires_at.ToNanoseconds()) / 1e9,
+            mode=self.mode,
+        )

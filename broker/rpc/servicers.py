@@ -1,0 +1,205 @@
+"""The three broker.v1 services. Each method: convert the message, call the core, convert back.
+
+Errors: any exception leaving a method is turned into a status by ``broker.rpc.status``
+(reason code first, ErrorInfo in the details, INTERNAL with a correlation id for the rest).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from broker._proto.broker.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    verifier_pb2,
+    verifier_pb2_grpc,
+)
+from broker.app.credentials import Broker
+from broker.core.requests import BeginTask, CredentialRequest, Outcome, Pending, VerifyRequest
+from broker.rpc.convert import TAINT_TO_PB, digest_of_args, timestamp
+from broker.rpc.identity import current_peer
+from broker.rpc.status import abort
+
+R = TypeVar("R")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+
+
+def rpc(fn: Handler[R]) -> Handler[R]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await fn(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
+            await abort(context, exc)
+
+    return wrapper
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    @rpc
+    async def BeginTask(
+        self, request: agent_pb2.BeginTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.BeginTaskResponse:
+        task = await self._broker.begin_task(
+            current_peer(),
+            BeginTask(
+                intent=request.intent,
+                on_behalf_of=request.on_behalf_of,
+                ttl_seconds=request.ttl_seconds,
+                plan=tuple((s.server, s.tool) for s in request.plan),
+                labels=dict(request.labels),
+                parent_task_id=request.parent_task_id,
+            ),
+        )
+        return agent_pb2.BeginTaskResponse(
+            task_id=task.task_id, expires_at=timestamp(task.expires_at)
+        )
+
+    @rpc
+    async def RequestCredential(
+        self, request: agent_pb2.RequestCredentialRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RequestCredentialResponse:
+        result = await self._broker.request_credential(
+            current_peer(),
+            CredentialRequest(
+                task_id=request.task_id,
+                server=request.server,
+                tool=request.tool,
+                args_sha256=digest_of_args(request),
+                prompt_sha256=request.prompt_sha256,
+                justification=request.justification,
+                ttl_seconds=request.ttl_seconds,
+                approval_id=request.approval_id,
+            ),
+        )
+        if isinstance(result, Pending):
+            return agent_pb2.RequestCredentialResponse(
+                pending_approval=agent_pb2.PendingApproval(
+                    approval_id=result.approval_id,
+                    expires_at=timestamp(result.expires_at),
+                    reason=result.reason,
+                )
+            )
+        return agent_pb2.RequestCredentialResponse(
+            credential=agent_pb2.Credential(
+                token=result.token, jti=result.jti, expires_at=timestamp(result.expires_at)
+            )
+        )
+
+    @rpc
+    async def EndTask(
+        self, request: agent_pb2.EndTaskRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.EndTaskResponse:
+        killed = await self._broker.end_task(current_peer(), request.task_id, request.outcome)
+        return agent_pb2.EndTaskResponse(revoked_credentials=killed)
+
+
+class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    @rpc
+    async def VerifyCredential(
+        self, request: verifier_pb2.VerifyCredentialRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.VerifyCredentialResponse:
+        v = await self._broker.verify_credential(
+            current_peer(),
+            VerifyRequest(
+                token=request.token,
+                tool=request.tool,
+                args_sha256=digest_of_args(request),
+                presenter_cert_sha256=request.presenter_cert_sha256,
+            ),
+        )
+        secret = None
+        if v.secret is not None:  # the one place a secret's values leave the broker
+            secret = verifier_pb2.DownstreamSecret(
+                data=dict(v.secret.data.reveal()),
+                lease_id=v.secret.lease_id,
+                expires_at=timestamp(v.secret.expires_at),
+                source=v.secret.source,
+            )
+        return verifier_pb2.VerifyCredentialResponse(
+            task_id=v.task_id,
+            agent=v.agent,
+            tool=v.tool,
+            tier=v.tier,
+            taint=TAINT_TO_PB[v.taint],
+            jti=v.jti,
+            expires_at=timestamp(v.expires_at),
+            secret=secret,
+        )
+
+    @rpc
+    async def ReportOutcome(
+        self, request: verifier_pb2.ReportOutcomeRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.ReportOutcomeResponse:
+        trust = {verifier_pb2.TRUSTED: False, verifier_pb2.UNTRUSTED: True}.get(
+            request.content_trust
+        )
+        taint = await self._broker.report_outcome(
+            current_peer(),
+            Outcome(
+                jti=request.jti,
+                succeeded=request.status != verifier_pb2.FAILED,
+                result_sha256=request.result_sha256,
+                untrusted=trust,
+                findings=tuple((f.kind, f.detail) for f in request.findings),
+            ),
+        )
+        return verifier_pb2.ReportOutcomeResponse(taint=TAINT_TO_PB[taint])
+
+    @rpc
+    async def GetSigningKeys(
+        self, request: verifier_pb2.GetSigningKeysRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.GetSigningKeysResponse:
+        import orjson
+
+        jwks = {"keys": self._broker.keys.public_jwks()}
+        return verifier_pb2.GetSigningKeysResponse(jwks_json=orjson.dumps(jwks).decode())
+
+    async def WatchRevocations(
+        self, request: verifier_pb2.WatchRevocationsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[verifier_pb2.RevocationEvent]:
+        """The revocation feed with heartbeats (``broker.app.feed``); a bad ``since`` is
+        INVALID_REQUEST naming it. Heartbeat interval: ``broker.app.feed.HEARTBEAT_SECONDS``."""
+        import asyncio
+
+        from broker.app import feed
+
+        kinds = {
+            feed.HEARTBEAT: verifier_pb2.REVOCATION_KIND_HEARTBEAT,
+            "task": verifier_pb2.REVOCATION_KIND_TASK,
+            "agent": verifier_pb2.REVOCATION_KIND_AGENT,
+            "server": verifier_pb2.REVOCATION_KIND_SERVER,
+            "tier": verifier_pb2.REVOCATION_KIND_TIER,
+            "issued_before": verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE,
+            "credential": verifier_pb2.REVOCATION_KIND_CREDENTIAL,
+        }
+        broker = self._broker
+        try:
+            async for event in feed.follow_revocations(
+                broker.store, request.since, clock=broker.clock
+            ):
+                yield verifier_pb2.RevocationEvent(
+                    cursor=event.cursor,
+                    kind=kinds.get(event.kind, verifier_pb2.REVOCATION_KIND_UNSPECIFIED),
+                    subject=event.subject,
+                    revoked_at=timestamp(event.revoked_at),
+                    reason=event.reason,
+                )
+        except asyncio.CancelledError:
+            return  # the verifier went away, or the server is stopping: the stream is over
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
+            await abort(context, exc)
