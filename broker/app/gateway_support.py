@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker.app.credentials import Broker, _policy_request
+from broker.core.errors import InvalidRequest, NotFound, Reason
 from broker.core.ids import task_of_jti
 from broker.core.model import Taint
 from broker.core.policy.model import Effect
 from broker.core.registry import ContentTrust
 from broker.core.spiffe import PeerIdentity
-
-from broker.core.errors import InvalidRequest, NotFound, Reason
 
 MAX_PREVIEW = 1000  # tools per PreviewTools request
 MAX_FINDINGS = 50

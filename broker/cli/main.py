@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "approvals": "broker.cli.approvals:approvals",
     "keys": "broker.cli.keys:keys",
     "token": "broker.cli.token:token",
+    "gateway": "broker.cli.gateway:gateway",
     "completion": "broker.cli.main:completion",
 }
 # Third-party modules only the broker server needs (the [server] extra).

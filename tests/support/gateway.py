@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from broker.adapters.pki import issue
+
 ROOT = Path(__file__).resolve().parents[2]
 DEV_REGISTRY = ROOT / "examples" / "dev" / "registry.yaml"
 BROKER = str(Path(sys.executable).parent / "broker")
@@ -85,6 +87,13 @@ def write_registry(directory: Path) -> Path:
     return path
 
 
+def ensure_identity(pki: Path, name: str) -> None:
+    """An X.509-SVID ``NAME.crt``/``NAME.key`` in the test PKI (``mcp-NAME``: spiffe://dev.local/mcp/NAME)."""
+    if not (pki / f"{name}.crt").exists():
+        role, _, rest = name.partition("-")
+        issue(pki, f"spiffe://dev.local/{role}/{rest}", pki / name)
+
+
 def write_config(directory: Path, servers: Mapping[str, Mapping[str, Any]], **keys: Any) -> Path:
     path = directory / "gateway.yaml"
     path.write_text(yaml.safe_dump({"servers": dict(servers), **keys}, sort_keys=False))
@@ -132,9 +141,9 @@ class StderrLog:
             self.lines.append(line.decode(errors="replace").rstrip("\n"))
             self.changed.set()
 
-    async def wait_for(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+    async def wait_for(self, pattern: str, within: float = 10.0) -> re.Match[str]:
         regex = re.compile(pattern)
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(within):
             while True:
                 for line in self.lines:
                     m = regex.search(line)
@@ -167,7 +176,7 @@ async def start_http_gateway(argv: list[str], env: Mapping[str, str]) -> AsyncIt
     log = StderrLog()
     reader = asyncio.get_running_loop().create_task(log.follow(proc.stderr))
     try:
-        m = await log.wait_for(r"listening on (http://\S+/mcp)", timeout=15)
+        m = await log.wait_for(r"listening on (http://\S+/mcp)", within=15)
         yield HttpGateway(proc, m.group(1), log)
     finally:
         if proc.returncode is None:

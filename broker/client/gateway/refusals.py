@@ -17,9 +17,9 @@ TELL_USER = "Tell the user what you were trying to do and why it was refused."
 
 def approve_hint(approval_id: str) -> str:
     return (
-        f"An operator approves it with `broker approvals approve {approval_id}` (or refuses "
-        f"with `broker approvals deny {approval_id}`); then call the same tool again with the "
-        "same arguments."
+        f"An operator approves it with `broker approvals approve {approval_id} --reason "
+        f'"..."` (or refuses it with `broker approvals deny {approval_id} --reason "..."`); '
+        "then call the same tool again with the same arguments."
     )
 
 

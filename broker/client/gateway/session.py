@@ -224,7 +224,7 @@ class Session:
         if isinstance(answer, Pending):
             self._approvals[key] = answer.approval_id
             decisions.info(
-                "PENDING %s: approval %s (broker approvals approve %s)",
+                "PENDING %s: approval %s (broker approvals approve %s --reason ...)",
                 name,
                 answer.approval_id,
                 answer.approval_id,

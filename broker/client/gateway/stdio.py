@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -52,14 +53,20 @@ async def serve_stdio(hub: Hub) -> str:
 
     session = Session(hub, notify=notify)
     dispatcher = Dispatcher(session)
-    stop: asyncio.Future[str] = loop.create_future()
+    stopped: list[str] = []
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if not stopped:
+            stopped.append(f"gateway stopped ({sig.name})")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(
-            sig, lambda s=sig: stop.done() or stop.set_result(f"gateway stopped ({s.name})")
-        )
+        loop.add_signal_handler(sig, on_signal, sig)
     reader = asyncio.StreamReader(limit=MAX_LINE)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     running: dict[Any, asyncio.Task[None]] = {}
+    background: set[asyncio.Task[None]] = set()
 
     async def one(msg: Any) -> None:
         response = await dispatcher.handle(msg)
@@ -89,25 +96,36 @@ async def serve_stdio(hub: Hub) -> str:
                     task.cancel()
                 continue
             task = loop.create_task(one(msg))
+            background.add(task)
+            task.add_done_callback(background.discard)
             if isinstance(msg, dict) and "id" in msg and "method" in msg:
                 key = msg["id"]
                 running[key] = task
-                task.add_done_callback(lambda _t, k=key: running.pop(k, None))
+                task.add_done_callback(functools.partial(_forget, running, key))
 
     reading = loop.create_task(read_loop())
-    await asyncio.wait({reading, stop}, return_when=asyncio.FIRST_COMPLETED)
-    if not stop.done() and running:  # stdin closed with calls in flight: let them answer
-        in_flight = asyncio.gather(*running.values(), return_exceptions=True)
-        await asyncio.wait({in_flight, stop}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    outcome = stop.result() if stop.done() else "client disconnected (stdin closed)"
+    stopping = loop.create_task(stop.wait())
+    await asyncio.wait({reading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set() and running:  # stdin closed with calls in flight: let them answer
+        in_flight = loop.create_task(_all(list(running.values())))
+        await asyncio.wait({in_flight, stopping}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+        in_flight.cancel()
+    stopping.cancel()
+    outcome = stopped[0] if stopped else "client disconnected (stdin closed)"
     # End the task first: nothing minted in it may outlive the session.
     await session.end(outcome, deadline=END_TIMEOUT)
-    for task in (reading, *running.values()):
+    for task in (reading, *background):
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
-        await asyncio.wait_for(
-            asyncio.gather(reading, *running.values(), return_exceptions=True), 0.2
-        )
+        await asyncio.wait_for(asyncio.gather(reading, *background, return_exceptions=True), 0.2)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.remove_signal_handler(sig)
     return outcome
+
+
+async def _all(tasks: list[asyncio.Task[None]]) -> None:
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _forget(running: dict[Any, asyncio.Task[None]], key: Any, _task: object) -> None:
+    running.pop(key, None)
