@@ -221,3 +221,52 @@ async def test_sigint_ends_the_task_before_sigkill(
     task = await only_task(running)
     assert task["state"] == "TASK_STATE_ENDED"
     assert "session of claude-code" in task["intent"]
+
+
+async def test_sigkill_leaves_a_task_that_expires_by_its_ttl(
+    running: Running, everything: NodeServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, servers(everything), task_ttl=60)
+    argv = gateway_argv(running.port, running.pki, config)
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=gateway_env(),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(
+        b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
+        b'"2025-11-25","capabilities":{},"clientInfo":{"name":"cursor","version":"1"}}}\n'
+    )
+    await proc.stdin.drain()
+    await asyncio.wait_for(proc.stdout.readline(), 10)
+    task = await only_task(running)
+    stub = agent_pb2_grpc.AgentServiceStub(running.channel("agent-demo"))  # type: ignore[no-untyped-call]
+    minted = await stub.RequestCredential(
+        agent_pb2.RequestCredentialRequest(
+            task_id=task["task_id"],
+            server="everything",
+            tool="echo",
+            args_sha256=args_sha256({"message": "x"}),
+        )
+    )
+    proc.kill()
+    await proc.wait()
+    assert (await only_task(running))["state"] == "TASK_STATE_ACTIVE"  # nobody ended it
+    running.clock.advance(61)
+    assert (await only_task(running))["state"] == "TASK_STATE_EXPIRED"
+    # A credential's life never exceeds its task's; verifiers allow the broker's clock leeway.
+    running.clock.advance(running.broker.limits.leeway)
+    ensure_identity(running.pki, "mcp-everything")
+    verifier = verifier_pb2_grpc.VerifierServiceStub(running.channel("mcp-everything"))  # type: ignore[no-untyped-call]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await verifier.VerifyCredential(
+            verifier_pb2.VerifyCredentialRequest(
+                token=minted.credential.token,
+                tool="echo",
+                args_sha256=args_sha256({"message": "x"}),
+            )
+        )
+    assert (refused.value.details() or "").startswith(("TOKEN_EXPIRED", "TASK_ENDED"))
