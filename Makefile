@@ -8,7 +8,7 @@ DEV_DIR := .broker-dev
 BROKER_LISTEN ?= 127.0.0.1:7443
 BROKER_STORE ?= memory://
 
-.PHONY: venv run test lint typecheck proto unit integration demo clean dev-pki deps-system bench bench-profile
+.PHONY: venv run test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ run: dev-pki
 
 # The whole story, narrated: an agent, the dev MCP servers (examples/), and `make run`'s broker
 # (started in the background for the demo if none answers on $(BROKER_LISTEN)).
-demo: dev-pki
+demo: dev-pki node-deps
 	@BROKER_ADDR=$(BROKER_LISTEN) $(BIN)/python examples/demo.py
 
 # The integration tests start their own redis-server and PostgreSQL processes (never the ones
@@ -43,6 +43,20 @@ deps-system:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
 	  else echo "missing: $$pkgs (e.g. sudo apt-get install $$pkgs)"; exit 1; fi; }
 
+# The npm MCP servers and the TypeScript SDK client the tests and the demo run (package.json,
+# exact versions in package-lock.json). `npm ci` only when node_modules is missing or the lock
+# changed; node and npm come from Debian when missing (apt-get when root). `make run` needs none.
+NODE_STAMP := node_modules/.installed
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): package.json package-lock.json
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing nodejs npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else echo "missing: node, npm (e.g. sudo apt-get install nodejs npm)"; exit 1; fi; }
+	@npm ci --no-audit --no-fund --loglevel=error
+	@touch $(NODE_STAMP)
+
 lint: $(STAMP)
 	@$(BIN)/ruff check broker tests examples tools bench
 	@$(BIN)/ruff format --check broker tests examples tools bench
@@ -50,18 +64,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	@$(BIN)/mypy
 
-test: venv deps-system lint typecheck
+test: venv deps-system node-deps lint typecheck
 	@$(BIN)/python -m pytest
 
 unit: $(STAMP)
 	@$(BIN)/python -m pytest tests/unit
 
-integration: $(STAMP) deps-system
+integration: $(STAMP) deps-system node-deps
 	@$(BIN)/python -m pytest tests/integration
 
 # Starts redis-server, the broker (Redis store, one worker per core) and OpenBao (raft) in a temp
 # dir, measures (docs/performance.md), writes bench/results.json and bench/results.png. ~2-3 min.
-bench: $(STAMP) deps-system
+bench: $(STAMP) deps-system node-deps
 	@$(BIN)/python -m bench
 
 # Where a mint's time goes: py-spy on one worker under mint load -> bench/profile.txt.
@@ -69,4 +83,4 @@ bench-profile: $(STAMP) deps-system
 	@$(BIN)/python -m bench profile
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache build *.egg-info
