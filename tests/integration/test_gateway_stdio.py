@@ -23,6 +23,7 @@ import grpc
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp_types import ToolListChangedNotification
 
 from broker._proto.broker.v1 import agent_pb2, agent_pb2_grpc, verifier_pb2, verifier_pb2_grpc
 from broker.core.canonical import args_sha256
@@ -72,14 +73,18 @@ def servers(everything: NodeServer) -> dict[str, dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def gateway_client(
-    running: Running, config: Path, *, mode: str = "auto", **env: str
+    running: Running, config: Path, *, mode: str = "auto", handler: Any = None, **env: str
 ) -> AsyncIterator[tuple[Client, Path]]:
     argv = gateway_argv(running.port, running.pki, config)
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=gateway_env(**env))
     fd, name = tempfile.mkstemp(prefix="gateway-", suffix=".log", dir=config.parent)
     errlog = Path(name)
     with os.fdopen(fd, "w") as err:
-        async with Client(stdio_client(params, errlog=err), mode=mode) as client:  # type: ignore[arg-type]
+        async with Client(
+            stdio_client(params, errlog=err),
+            mode=mode,  # type: ignore[arg-type]
+            message_handler=handler,
+        ) as client:
             yield client, errlog
 
 
@@ -178,11 +183,27 @@ async def test_legacy_handshake_and_intent_from_the_environment(
 ) -> None:
     config = write_config(tmp_path, servers(everything))
     env = {"BROKER_TASK_INTENT": "review the release notes"}
-    async with gateway_client(running, config, mode="legacy", **env) as (client, _):
+    changed = asyncio.Event()
+
+    async def handler(message: Any) -> None:
+        if isinstance(message, ToolListChangedNotification):
+            changed.set()
+
+    async with gateway_client(running, config, mode="legacy", handler=handler, **env) as (
+        client,
+        _,
+    ):
         names = {t.name for t in (await client.list_tools()).tools}
-        assert "everything__echo" in names
+        assert {"everything__echo", "everything__toggle-simulated-logging"} <= names
         result = await client.call_tool("everything__echo", {"message": "hi"})
         assert text(result) == "Echo: hi"
+        assert not changed.is_set()
+        await client.call_tool("everything__echo", {"message": INJECTED})
+        # The task is suspect now: writes are no longer grantable, and the client is told.
+        await asyncio.wait_for(changed.wait(), 5)
+        names = {t.name for t in (await client.list_tools()).tools}
+        assert "everything__echo" in names
+        assert "everything__toggle-simulated-logging" not in names
         pending = await client.call_tool("ops__get-sum", {"a": 1, "b": 1})
         assert pending.is_error and "broker approvals approve ap_" in text(pending)
         task = await only_task(running)
