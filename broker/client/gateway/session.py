@@ -36,6 +36,7 @@ from broker.core.sanitizer import SUSPECT, sanitize
 log = logging.getLogger("broker.gateway")
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
+RECHECK_INTERVAL = 0.5
 APPROVAL_NOTE = "(Each call needs an operator's approval through the broker.)"
 
 
@@ -60,6 +61,7 @@ class Session:
         self._listed: frozenset[str] | None = None
         self._approvals: dict[tuple[str, str, str], str] = {}
         self._recheck: asyncio.Task[None] | None = None
+        self._dirty = False
 
     # -- the task --------------------------------------------------------------------------
 
@@ -186,8 +188,22 @@ class Session:
         try:
             return await self._call(str(name), *split, arguments)
         finally:
-            if self._listed is not None and (self._recheck is None or self._recheck.done()):
-                self._recheck = asyncio.get_running_loop().create_task(self._check_listing())
+            self._schedule_recheck()
+
+    def _schedule_recheck(self) -> None:
+        """Preview again after a call (a guard may have raised the taint): at once, then at
+        most every RECHECK_INTERVAL seconds while calls keep coming."""
+        if self._listed is None or self.notify is None or self.ended:
+            return
+        self._dirty = True
+        if self._recheck is None or self._recheck.done():
+            self._recheck = asyncio.get_running_loop().create_task(self._recheck_loop())
+
+    async def _recheck_loop(self) -> None:
+        while self._dirty and not self.ended:
+            self._dirty = False
+            await self._check_listing()
+            await asyncio.sleep(RECHECK_INTERVAL)
 
     async def _call(
         self, name: str, server: str, tool: str, args: dict[str, Any]
