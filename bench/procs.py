@@ -160,7 +160,12 @@ class BrokerProc:
 
 
 def start_broker(
-    directory: Path, store_url: str, *, workers: int, per_agent_quota: int = 10_000_000
+    directory: Path,
+    store_url: str,
+    *,
+    workers: int,
+    per_agent_quota: int = 10_000_000,
+    registry: Path | None = None,
 ) -> BrokerProc:
     """`broker serve` with the dev registry and policies, a JSON lines audit file, signing keys
     in ``directory/keys`` (the harness signs offline-verify tokens with the same key)."""
@@ -174,7 +179,7 @@ def start_broker(
         "listen": "127.0.0.1:0",
         "trust_domain": "dev.local",
         "store": store_url,
-        "registry": str(DEV / "registry.yaml"),
+        "registry": str(registry or DEV / "registry.yaml"),
         "policies": str(DEV / "policies"),
         "tls": {
             "cert": str(pki / "broker.crt"),

@@ -90,7 +90,57 @@ TARGETS = (
         "redis_bytes", "Redis bytes per live credential", "redis_bytes_per_credential", None,
         "<=", 200.0, " B",
     ),
+    Target(
+        "mcp_gateway_overhead_1", "MCP call via gateway + guard, p50 over direct @1",
+        "mcp_gateway_overhead_1_ms", None, "<=", 4.0, " ms",
+    ),
+    Target(
+        "mcp_gateway_vs_proxy_1", "gateway + guard overhead / plain mcp-proxy overhead @1",
+        "mcp_gateway_overhead_1_ms", "mcp_proxy_overhead_1_ms", "<=", 2.0, "x",
+    ),
 )  # fmt: skip
+
+MCP_PATHS = (
+    ("direct (client -> server-everything)", "mcp_direct"),
+    ("plain proxy (mcp-proxy, unauthenticated)", "mcp_proxy"),
+    ("broker gateway + guard (credential per call)", "mcp_gateway"),
+)
+
+
+def derive_mcp(figures: dict[str, Any]) -> None:
+    """Overheads over the direct call, p50 and p99, at 1 and 8 in flight (ms)."""
+    for n in (1, 8):
+        direct = figures.get(f"mcp_direct_{n}_p50_ms")
+        for path in ("proxy", "gateway"):
+            value = figures.get(f"mcp_{path}_{n}_p50_ms")
+            if direct is not None and value is not None:
+                figures[f"mcp_{path}_overhead_{n}_ms"] = round(value - direct, 3)
+
+
+def mcp_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| MCP tool call (echo) | 1 in flight: rate | p50 | p99 | 8 in flight: rate | p50 | p99 "
+        "| p50 over direct @1 / @8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, prefix in MCP_PATHS:
+        cells = [label]
+        for n in (1, 8):
+            cells += [
+                _fmt(results.get(f"{prefix}_{n}_rps"), "/s"),
+                _fmt(results.get(f"{prefix}_{n}_p50_ms"), " ms"),
+                _fmt(results.get(f"{prefix}_{n}_p99_ms"), " ms"),
+            ]
+        path = prefix.removeprefix("mcp_")
+        over = [results.get(f"mcp_{path}_overhead_{n}_ms") for n in (1, 8)]
+        cells.append(" / ".join(_fmt(o, " ms") for o in over) if path != "direct" else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    for t in results.get("targets", []):
+        if t["key"].startswith("mcp_"):
+            verdict = "not measured" if t["met"] is None else t["detail"]
+            wanted = t.get("target", "")
+            lines.append(f"\n{t['what']}: {t.get('value', 'n/a')} (wanted {wanted}): {verdict}")
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -253,6 +303,8 @@ def table(results: dict[str, Any]) -> str:
         f"{_fmt(results.get('redis_bytes_per_credential'), ' B')} |",
         f"| Redis used_memory growth per live credential | "
         f"{_fmt(results.get('redis_used_memory_per_credential'), ' B')} |",
+        "",
+        mcp_table(results).split("\n\n")[0],
         "",
         "| target | measured | wanted | verdict |",
         "|---|---|---|---|",

@@ -5,6 +5,8 @@
 2. Starts the dev MCP servers (examples/mcp_servers.py, ports 8101-8104, ``DEMO_MCP_PORT``
    moves them), each verifying credentials offline with its own certificate.
 3. Runs the agent (examples/agent_demo.py) through one task, step by step.
+4. Runs an unmodified MCP client through `broker gateway` and two `broker guard`s in front of
+   the npm servers (examples/gateway_demo.py).
 
 Logs of what it started: .broker-dev/demo-broker.log and .broker-dev/demo-mcp.log.
 """
@@ -29,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from broker.client.sdk.channel import WorkloadCredentials, secure_channel  # noqa: E402
 from examples.agent_demo import run_story, urls_from_port  # noqa: E402
+from examples.gateway_demo import run_act as run_gateway_act  # noqa: E402
 
 PKI = ROOT / ".broker-dev"
 BIN = Path(sys.executable).parent
@@ -133,6 +136,8 @@ async def main() -> None:
     print("== 0. Setting up")
     async with a_broker(address), mcp_servers(address, port):
         await run_story(address, PKI, urls_from_port(port))
+        print("\n== 10. An unmodified MCP client (the MCP Python SDK's) through broker gateway")
+        await run_gateway_act(address, PKI)
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
 
 

@@ -210,6 +210,7 @@ class Session:
     ) -> dict[str, Any]:
         up = self.hub.upstreams[server]
         ref = up.cfg.ref
+        t0 = time.perf_counter()
         try:
             task_id = await self.ensure_task()
             grant = await self._credential(name, task_id, ref, tool, args)
@@ -217,6 +218,7 @@ class Session:
             return await self._refused(name, exc)
         if isinstance(grant, Refusal):
             return grant.result()
+        t1 = time.perf_counter()
         try:
             result = await up.call_tool(tool, args, grant.token if up.cfg.guarded else None)
         except UpstreamRpcError as exc:
@@ -226,8 +228,17 @@ class Session:
             refusal = refusals.from_upstream(name, exc)
             decisions.info("REFUSED %s: %s (%s)", name, refusal.reason, exc.server)
             return refusal.result()
+        t2 = time.perf_counter()
         if not up.cfg.guarded:
-            return await self._unguarded(name, task_id, ref, grant.jti, result)
+            result = await self._unguarded(name, task_id, ref, grant.jti, result)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s: credential %.1f ms, upstream %.1f ms, report %.1f ms",
+                name,
+                (t1 - t0) * 1000,
+                (t2 - t1) * 1000,
+                (time.perf_counter() - t2) * 1000,
+            )
         return result
 
     async def _credential(
