@@ -28,9 +28,9 @@ from broker.app.credentials import Broker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.recent import AuditSource
-from broker.core.audit.record import AuditEvent, ChainedRecord
+from broker.core.audit.record import AuditEvent, AuditEventName, ChainedRecord
 from broker.core.errors import BrokerError, ConfigError, InvalidRequest, NotFound, Reason
-from broker.core.model import CredentialRecord, TaskRecord, TaskState
+from broker.core.model import CredentialRecord, RevocationKind, TaskRecord, TaskState
 from broker.core.registry import TIER_MAX_TTL, TIERS
 from broker.core.requests import MAX_TEXT, check_task_id, check_text
 from broker.core.spiffe import PeerIdentity
@@ -156,7 +156,9 @@ class Admin:
     ) -> RevokeResult:
         task = await self._existing_task(task_id)
         roots = [task.task_id] if task.state is TaskState.ACTIVE else []
-        return await self._revoke(peer, "task", task_id, roots, reason=reason, dry_run=dry_run)
+        return await self._revoke(
+            peer, RevocationKind.TASK, task_id, roots, reason=reason, dry_run=dry_run
+        )
 
     async def revoke_agent(
         self, peer: PeerIdentity, agent: str, *, reason: str, dry_run: bool
@@ -169,7 +171,9 @@ class Admin:
             agent=agent_id, state=TaskState.ACTIVE, now=now, limit=ALL_TASKS
         )
         roots = [t.task_id for t in tasks]
-        return await self._revoke(peer, "agent", agent_id, roots, reason=reason, dry_run=dry_run)
+        return await self._revoke(
+            peer, RevocationKind.AGENT, agent_id, roots, reason=reason, dry_run=dry_run
+        )
 
     async def revoke_server(
         self, peer: PeerIdentity, server: str, *, reason: str, dry_run: bool
@@ -178,7 +182,9 @@ class Admin:
             raise InvalidRequest("server", "is required (a SPIFFE ID or a registry name)")
         server_id = self._b.registry.server(server).spiffe_id
         roots = await self._b.store.tasks_with_server(server_id, self._b.clock.now())
-        return await self._revoke(peer, "server", server_id, roots, reason=reason, dry_run=dry_run)
+        return await self._revoke(
+            peer, RevocationKind.SERVER, server_id, roots, reason=reason, dry_run=dry_run
+        )
 
     async def revoke_tier(
         self, peer: PeerIdentity, tier: int, *, reason: str, dry_run: bool
@@ -193,7 +199,7 @@ class Admin:
                     dict.fromkeys(await self._b.store.tasks_with_server(entry.spiffe_id, now))
                 )
         return await self._revoke(
-            peer, "tier", str(tier), list(roots), reason=reason, dry_run=dry_run
+            peer, RevocationKind.TIER, str(tier), list(roots), reason=reason, dry_run=dry_run
         )
 
     async def revoke_issued_before(
@@ -207,13 +213,19 @@ class Admin:
         tasks = await self._b.store.list_tasks(state=TaskState.ACTIVE, now=now, limit=ALL_TASKS)
         roots = [t.task_id for t in tasks if t.created_at < before]
         return await self._revoke(
-            peer, "issued_before", "*", roots, reason=reason, dry_run=dry_run, floor=before
+            peer,
+            RevocationKind.ISSUED_BEFORE,
+            "*",
+            roots,
+            reason=reason,
+            dry_run=dry_run,
+            floor=before,
         )
 
     async def _revoke(
         self,
         peer: PeerIdentity,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         roots: Sequence[str],
         *,
@@ -231,7 +243,9 @@ class Admin:
             result = RevokeResult(True, tuple(ids), live)
             self._audit_revoke(peer, kind, subject, result, reason, floor)
             return result
-        if kind != "task":  # one floor event: offline verifiers cut every token of the scope
+        if (
+            kind is not RevocationKind.TASK
+        ):  # one floor event: offline verifiers cut every token of the scope
             await store.publish_revocation(kind, subject, now if floor is None else floor, reason)
         ended: set[str] = set()
         killed = 0
@@ -242,7 +256,7 @@ class Admin:
                 ended.update(done)
                 for t in done:  # each as it happens: a revoke cut short stays on the record
                     self._audit(
-                        "revoke.task",
+                        AuditEventName.REVOKE_TASK,
                         peer,
                         task=t,
                         reason=reason,
@@ -275,14 +289,14 @@ class Admin:
     def _audit_revoke(
         self,
         peer: PeerIdentity,
-        kind: str,
+        kind: RevocationKind,
         subject: str,
         result: RevokeResult,
         reason: str,
         floor: float | None,
         outcome: str = "",
     ) -> None:
-        if kind == "task" and not result.dry_run and not outcome:
+        if kind is RevocationKind.TASK and not result.dry_run and not outcome:
             return  # one revoke.task record per ended task says it all
         extra: dict[str, str | int | float | bool] = {
             "subject": subject,
@@ -293,10 +307,10 @@ class Admin:
         if floor is not None:
             extra["issued_before"] = floor
         self._audit(
-            f"revoke.{kind}",
+            AuditEventName.revoke(kind),
             peer,
-            task=subject if kind == "task" else None,
-            server=subject if kind == "server" else None,
+            task=subject if kind is RevocationKind.TASK else None,
+            server=subject if kind is RevocationKind.SERVER else None,
             reason=reason,
             outcome=outcome or ("dry-run" if result.dry_run else "revoked"),
             extra=extra,
@@ -328,7 +342,7 @@ class Admin:
             approvals.check_decidable(record, approval_id, now)  # raises, saying why
             raise NotFound(f"approval {approval_id} not found")  # pragma: no cover
         self._audit(
-            "approval.decide",
+            AuditEventName.APPROVAL_DECIDE,
             peer,
             task=record.task_id,
             server=record.server,
@@ -367,7 +381,7 @@ class Admin:
             kid = str(await rotate_async(now, max_token_ttl=longest))
         else:
             kid = provider.rotate(now, max_token_ttl=longest)
-        self._audit("key.rotate", peer, extra={"kid": kid, "previous_kid": previous})
+        self._audit(AuditEventName.KEY_ROTATE, peer, extra={"kid": kid, "previous_kid": previous})
         for info in self.list_keys():
             if info.kid == kid:
                 return info
@@ -381,10 +395,10 @@ class Admin:
         try:
             engine.reload()
         except ConfigError as exc:
-            self._audit("policy.reload", peer, outcome="failed", reason=exc.message)
+            self._audit(AuditEventName.POLICY_RELOAD, peer, outcome="failed", reason=exc.message)
             raise
         self._audit(
-            "policy.reload",
+            AuditEventName.POLICY_RELOAD,
             peer,
             outcome="loaded",
             extra={"policies": engine.policy_count, "digest": engine.digest, "previous": before},
@@ -394,7 +408,7 @@ class Admin:
     def tail_audit(self, last: int, follow: bool) -> AsyncIterator[ChainedRecord]:
         return self._source.tail(min(last, AUDIT_SCAN * 2), follow)
 
-    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+    def _audit(self, event: AuditEventName, peer: PeerIdentity, **fields: object) -> None:
         self._b.audit.record(
             AuditEvent(event=event, time=self._b.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from broker.app.ports import Store
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
+from broker.core.audit.record import AuditEventName
 from broker.core.errors import FailedPrecondition, NotFound
 from broker.core.model import TaskRecord
 from broker.core.registry import ServerEntry
@@ -62,7 +63,7 @@ class ApprovalFlow:
         got = await self._store.create_approval(wanted, now=now, max_pending=self._max_pending)
         if got.approval_id == wanted.approval_id:
             self._audit(
-                "approval.request",
+                AuditEventName.APPROVAL_REQUEST,
                 peer,
                 **req.audit_fields(task.task_id, server.spiffe_id),
                 policy_ids=policy_ids,
@@ -95,7 +96,7 @@ class ApprovalFlow:
             problem = approvals.refusal(record, state)
         if problem is not None:
             self._audit(
-                "approval.reject",
+                AuditEventName.APPROVAL_REJECT,
                 peer,
                 **req.audit_fields(task.task_id, server.spiffe_id),
                 reason=problem.message,
@@ -113,7 +114,7 @@ class ApprovalFlow:
             state = current.state_at(now) if current else ApprovalState.EXPIRED
             raise approvals.refusal(current or record, state)
         self._audit(
-            "approval.consume",
+            AuditEventName.APPROVAL_CONSUME,
             peer,
             task=record.task_id,
             server=record.server,

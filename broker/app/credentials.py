@@ -2,12 +2,12 @@
 
 No gRPC here: the servicers convert messages to ``broker.core.requests`` types, call this, and
 convert back. Everything this needs is injected: the store port, the key provider, the policy
-engine, the registry, the audit trail and the clock.
+engine (which owns the registry), the audit trail and the clock.
 
 Flow of one credential (DESIGN.md): resolve server and tool -> the task is the caller's and live
--> plan -> Cedar policy (taint, tier, risk, approval) -> TTL = min(tier cap, policy cap,
-requested, task remaining) -> sign -> record in the store (quotas, atomically) -> hand out.
-A token is only ever handed out after the store recorded it.
+-> plan -> Cedar policy (taint, tier, risk, approval) -> TTL (``broker.core.ttl``: min of tier
+cap, policy cap, request and task remaining) -> sign -> record in the store (quotas,
+atomically) -> hand out. A token is only ever handed out after the store recorded it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from broker.app.ports import Quotas, Store
 from broker.app.secrets import SecretBroker
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
-from broker.core.audit.record import AuditEvent
+from broker.core.audit.record import AuditEvent, AuditEventName
 from broker.core.clock import Clock
 from broker.core.errors import (
     FailedPrecondition,
@@ -44,6 +44,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     PlanStep,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -65,6 +66,7 @@ from broker.core.spiffe import PeerIdentity
 from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
 from broker.core.tokens.keys import KeyProvider, KeySet
 from broker.core.tokens.verify import verify_token
+from broker.core.ttl import granted_ttl
 
 log = logging.getLogger("broker.app.credentials")
 
@@ -89,7 +91,6 @@ class Broker:
         self,
         *,
         issuer: str,
-        registry: Registry,
         policy: PolicyEngine,
         keys: KeyProvider,
         store: Store,
@@ -99,8 +100,7 @@ class Broker:
         secrets: SecretBroker | None = None,
     ) -> None:
         self.issuer = issuer
-        self.registry = registry
-        self.policy = policy
+        self.policy = policy  # owns the registry too: see ``registry``
         self.keys = keys
         self.store = store
         self.audit = audit
@@ -117,6 +117,12 @@ class Broker:
         )
         self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
         self._last_key_refresh = 0.0
+
+    @property
+    def registry(self) -> Registry:
+        """The registry in force: the policy engine's, its one owner, so that a reload
+        (``PolicyEngine.reload(registry)``) changes what both resolve and decide at once."""
+        return self.policy.registry
 
     # -- AgentService ------------------------------------------------------------------------
 
@@ -166,7 +172,7 @@ class Broker:
             taint=taint,
         )
         await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
-        self._audit("task.begin", peer, task=task.task_id, extra={"depth": depth})
+        self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})
         return task
 
     async def request_credential(
@@ -177,14 +183,14 @@ class Broker:
         task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
         server = self.registry.server(req.server)
         tool = self.registry.tool(server, req.tool)
-        in_plan = not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan)
+        in_plan = _in_plan(task, server, tool)
         if not in_plan:
             self._audit_decision(peer, task, server, req, "deny", ("outside-plan",))
             raise PermissionDenied(
                 f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
                 Reason.OUTSIDE_PLAN,
             )
-        policy_request = _policy_request(task, server, tool, task.taint, now)
+        policy_request = _policy_request(task, server, tool, task.taint, now, in_plan=in_plan)
         approval: ApprovalRecord | None = None
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
@@ -203,12 +209,12 @@ class Broker:
             return await self.approvals.ask(peer, task, server, req, decision.reasons, ids, now)
         if approval is not None and approval.state_at(now) is ApprovalState.PENDING:
             return Pending(approval.approval_id, approval.expires_at, approval.reason)
-        caps = [float(tier_ttl_cap(server.tier)), task.expires_at - now]
-        if decision.ttl_cap is not None:
-            caps.append(float(decision.ttl_cap))
-        if req.ttl_seconds:
-            caps.append(float(req.ttl_seconds))
-        ttl = int(min(caps))
+        ttl = granted_ttl(
+            tier_cap=tier_ttl_cap(server.tier),
+            task_remaining=task.expires_at - now,
+            policy_cap=decision.ttl_cap,
+            requested=req.ttl_seconds,
+        )
         if ttl < 1:
             raise FailedPrecondition(
                 f"task {task.task_id} expires in under a second", Reason.TASK_ENDED
@@ -261,7 +267,7 @@ class Broker:
             await self.approvals.use(peer, approval, now)
         self._audit_decision(peer, task, server, req, "allow", ids)
         self._audit(
-            "credential.mint",
+            AuditEventName.CREDENTIAL_MINT,
             peer,
             **req.audit_fields(task.task_id, server.spiffe_id),
             jti=jti,
@@ -277,7 +283,7 @@ class Broker:
             task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
         )
         self._audit(  # before the Vault step: the task has ended whatever Vault says
-            "task.end",
+            AuditEventName.TASK_END,
             peer,
             task=task_id,
             outcome=outcome or None,
@@ -356,13 +362,15 @@ class Broker:
                     Reason.REVOKED,
                 )
         except Unauthenticated as exc:
-            self._audit("credential.verify", peer, outcome="rejected", reason=exc.reason.value)
+            self._audit(
+                AuditEventName.CREDENTIAL_VERIFY, peer, outcome="rejected", reason=exc.reason.value
+            )
             raise
         # taint as read just before the consume (one store round trip fewer)
         taint = task.taint if task else Taint.from_label(claims.taint)
         detail = claims.authorization_details[0]
         self._audit(
-            "credential.consume",
+            AuditEventName.CREDENTIAL_CONSUME,
             peer,
             task=claims.task,
             server=audience,
@@ -434,7 +442,7 @@ class Broker:
         if before is not None and new > before.taint:
             await self._recheck_live_credentials(peer, before, new)
         self._audit(
-            "outcome.report",
+            AuditEventName.OUTCOME_REPORT,
             peer,
             task=task_id,
             server=cred.server,
@@ -472,12 +480,12 @@ class Broker:
             reason = f"task taint rose to {taint.label} after it was minted"
             await _with_retry(
                 functools.partial(
-                    self.store.publish_revocation, "credential", cred.jti, now, reason
+                    self.store.publish_revocation, RevocationKind.CREDENTIAL, cred.jti, now, reason
                 )
             )
             await self.store.consume_credential(task.task_id, cred.jti, now)
             self._audit(
-                "revoke.credential",
+                AuditEventName.REVOKE_CREDENTIAL,
                 peer,
                 task=task.task_id,
                 server=cred.server,
@@ -520,7 +528,7 @@ class Broker:
         policy_ids: tuple[str, ...],
     ) -> None:
         self._audit(
-            "credential.decision",
+            AuditEventName.CREDENTIAL_DECISION,
             peer,
             **req.audit_fields(task.task_id, server.spiffe_id),
             decision=decision,
@@ -528,7 +536,7 @@ class Broker:
             extra={"taint": task.taint.label, "tier": server.tier},
         )
 
-    def _audit(self, event: str, peer: PeerIdentity, **fields: object) -> None:
+    def _audit(self, event: AuditEventName, peer: PeerIdentity, **fields: object) -> None:
         self.audit.record(
             AuditEvent(event=event, time=self.clock.now(), actor=str(peer.spiffe_id), **fields)  # type: ignore[arg-type]
         )
@@ -548,16 +556,28 @@ async def _with_retry(
             await asyncio.sleep(delay * (attempt + 1))
 
 
+def _in_plan(task: TaskRecord, server: ServerEntry, tool: ToolEntry) -> bool:
+    """The call is within the plan declared at BeginTask (no plan: anything is)."""
+    return not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan)
+
+
 def _policy_request(
-    task: TaskRecord, server: ServerEntry, tool: ToolEntry, taint: Taint, now: float
+    task: TaskRecord,
+    server: ServerEntry,
+    tool: ToolEntry,
+    taint: Taint,
+    now: float,
+    *,
+    in_plan: bool | None = None,
 ) -> PolicyRequest:
+    """``in_plan``: when the caller has already checked the plan (None: check it here)."""
     return PolicyRequest(
         agent=task.agent,
         server=server,
         tool=tool,
         intent=task.intent,
         taint=taint.label,
-        in_plan=not task.plan or any(s.covers(server.spiffe_id, tool.name) for s in task.plan),
+        in_plan=_in_plan(task, server, tool) if in_plan is None else in_plan,
         has_plan=bool(task.plan),
         approved=False,
         now=now,

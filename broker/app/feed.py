@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from broker.app.ports import Store
 from broker.core.clock import Clock
 from broker.core.errors import InvalidRequest, NotFound, StoreUnavailable
-from broker.core.model import RevocationEvent
+from broker.core.model import RevocationEvent, RevocationKind
 
 HEARTBEAT_SECONDS = 1.0
 """Default idle time after which the stream sends a heartbeat. Verifiers' staleness bound
@@ -40,7 +40,7 @@ HEARTBEAT_SECONDS = 1.0
 HEARTBEAT = "heartbeat"
 """The ``kind`` of a heartbeat event (RevocationKind HEARTBEAT on the wire)."""
 
-KINDS = frozenset({"task", "agent", "server", "tier", "issued_before", "credential"})
+KINDS = frozenset(RevocationKind)
 """The kinds of revocation event the store publishes."""
 
 _CURSOR = re.compile(r"[0-9]{1,20}(-[0-9]{1,20})?")

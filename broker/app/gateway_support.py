@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from broker.app.credentials import Broker, _policy_request
+from broker.core.audit.record import AuditEventName
 from broker.core.errors import InvalidRequest, NotFound, Reason
 from broker.core.ids import task_of_jti
 from broker.core.model import Taint
@@ -100,7 +101,7 @@ async def preview_tools(
             )
         counts[out[-1].decision] += 1
     broker._audit(
-        "task.preview",
+        AuditEventName.TASK_PREVIEW,
         peer,
         task=task.task_id,
         extra={"taint": task.taint.label, **counts},
@@ -140,7 +141,7 @@ async def raise_taint(
     if new > task.taint:
         await broker._recheck_live_credentials(peer, task, new)
     broker._audit(
-        "taint.raise",
+        AuditEventName.TAINT_RAISE,
         peer,
         task=task.task_id,
         server=server.spiffe_id,

@@ -24,6 +24,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     RevocationEvent,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -135,7 +136,7 @@ class Store(Protocol):
         ...
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
     ) -> RevocationEvent: ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:

@@ -31,10 +31,10 @@ from typing import Any, Protocol
 from broker.app.audit import Auditor
 from broker.app.leases import LeaseRecord, LeaseSelector, LeaseTracker
 from broker.app.ports import Store
-from broker.core.audit.record import AuditEvent
+from broker.core.audit.record import AuditEvent, AuditEventName
 from broker.core.clock import Clock
 from broker.core.errors import BrokerError, Reason, Unauthenticated, VaultUnavailable
-from broker.core.model import RevocationEvent
+from broker.core.model import RevocationEvent, RevocationKind
 from broker.core.secret import IssuedSecret, SecretData, SecretKind, SecretSource
 from broker.core.tokens.claims import TokenClaims
 
@@ -114,7 +114,7 @@ class SecretBroker:
         except VaultUnavailable as exc:
             self.stats.issue_failures += 1
             self._record(
-                "secret.issue",
+                AuditEventName.SECRET_ISSUE,
                 claims.aud,
                 task=claims.task,
                 server=claims.aud,
@@ -169,7 +169,7 @@ class SecretBroker:
             extra["lease_id"] = issued.lease_id
             extra["expires_at"] = issued.expires_at
         self._record(
-            "secret.issue",
+            AuditEventName.SECRET_ISSUE,
             claims.aud,
             task=claims.task,
             server=claims.aud,
@@ -204,7 +204,7 @@ class SecretBroker:
     async def on_revocation(self, event: RevocationEvent) -> int:
         """Revoke what an event of the store's revocation feed covers."""
         reason = f"revoked ({event.kind}): {event.reason}".rstrip(": ")
-        if event.kind == "task":
+        if event.kind == RevocationKind.TASK:
             return await self.revoke_tasks([event.subject], reason)
         selector = _selector(event)
         if selector is None:
@@ -300,7 +300,7 @@ class SecretBroker:
     ) -> None:
         """One ``secret.revoke`` audit record for a lease (never its secret)."""
         self._record(
-            "secret.revoke",
+            AuditEventName.SECRET_REVOKE,
             self._actor,
             task=lease.task_id,
             server=lease.server,
@@ -310,7 +310,7 @@ class SecretBroker:
             extra={"lease_id": lease.lease_id, "attempts": attempts, **extra},
         )
 
-    def _record(self, event: str, actor: str, **fields: Any) -> None:
+    def _record(self, event: AuditEventName, actor: str, **fields: Any) -> None:
         try:
             self._auditor.record(
                 AuditEvent(event=event, time=self._clock.now(), actor=actor, **fields)
@@ -320,12 +320,12 @@ class SecretBroker:
 
 
 def _selector(event: RevocationEvent) -> LeaseSelector | None:
-    if event.kind == "agent":
+    if event.kind == RevocationKind.AGENT:
         return LeaseSelector(agent=event.subject, issued_before=event.revoked_at)
-    if event.kind == "server":
+    if event.kind == RevocationKind.SERVER:
         return LeaseSelector(server=event.subject, issued_before=event.revoked_at)
-    if event.kind == "tier" and event.subject.isdigit():
+    if event.kind == RevocationKind.TIER and event.subject.isdigit():
         return LeaseSelector(tier=int(event.subject), issued_before=event.revoked_at)
-    if event.kind == "issued_before":
+    if event.kind == RevocationKind.ISSUED_BEFORE:
         return LeaseSelector(issued_before=event.revoked_at)
-    return None  # "credential" events: one token consumed or revoked; its lease keeps its exp
+    return None  # CREDENTIAL events: one token consumed or revoked; its lease keeps its exp

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 
 
 class Taint(IntEnum):
@@ -90,12 +90,27 @@ class ConsumeResult(IntEnum):
     UNKNOWN = 4  # never recorded (or long gone): not ours to accept
 
 
+class RevocationKind(StrEnum):
+    """What a revocation event covers. The values are what the store keeps, what the audit
+    event names end with (``revoke.<kind>``) and what the wire's RevocationKind maps to."""
+
+    TASK = "task"  # one task (and its sub-tasks, each an event of its own)
+    AGENT = "agent"  # every token of an agent, as subject or delegator, issued up to then
+    SERVER = "server"  # every token for a server issued up to then
+    TIER = "tier"  # every token of a tier issued up to then (subject: the tier's digit)
+    ISSUED_BEFORE = "issued_before"  # every token issued before then (subject: "*")
+    CREDENTIAL = "credential"  # one token (subject: its jti)
+
+
 @dataclass(frozen=True)
 class RevocationEvent:
-    """One entry of the revocation feed that replicas and offline verifiers follow."""
+    """One entry of the revocation feed that replicas and offline verifiers follow.
+
+    ``kind`` is a ``RevocationKind`` value; it stays a ``str`` because a verifier may receive a
+    kind newer than its code (it then fails closed, as ``issued_before``)."""
 
     cursor: str
-    kind: str  # "task", "agent", "server", "tier", "issued_before", "credential"
+    kind: str
     subject: str
     revoked_at: float
     reason: str = ""

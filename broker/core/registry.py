@@ -2,8 +2,7 @@
 
 Loaded once from YAML (see ``examples/dev/registry.yaml`` for the annotated format) into frozen,
 typed entries; every problem is a :class:`~broker.core.errors.ConfigError` whose key is the path of
-the
-offending value (``servers[2].tools.deploy.risk``) and whose message says what is allowed.
+the offending value (``servers[2].tools.deploy.risk``) and whose message says what is allowed.
 
 The authority tier of a server caps the life of its credentials (DESIGN.md, "Authority tiers");
 policy may tighten that cap, never loosen it.

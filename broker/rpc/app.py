@@ -75,7 +75,6 @@ def build_components(
         keys = LocalKeyProvider(alg=config.token_alg, directory=config.keys_dir, now=clock.now())
     broker = Broker(
         issuer=config.issuer_id,
-        registry=registry,
         policy=policy,
         keys=keys,
         store=store,

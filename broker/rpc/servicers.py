@@ -20,6 +20,7 @@ from broker._proto.broker.v1 import (
 )
 from broker.app import gateway_support
 from broker.app.credentials import Broker
+from broker.core.model import RevocationKind
 from broker.core.requests import BeginTask, CredentialRequest, Outcome, Pending, VerifyRequest
 from broker.rpc.convert import TAINT_FROM_PB, TAINT_TO_PB, digest_of_args, timestamp
 from broker.rpc.identity import current_peer
@@ -227,12 +228,12 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
 
         kinds = {
             feed.HEARTBEAT: verifier_pb2.REVOCATION_KIND_HEARTBEAT,
-            "task": verifier_pb2.REVOCATION_KIND_TASK,
-            "agent": verifier_pb2.REVOCATION_KIND_AGENT,
-            "server": verifier_pb2.REVOCATION_KIND_SERVER,
-            "tier": verifier_pb2.REVOCATION_KIND_TIER,
-            "issued_before": verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE,
-            "credential": verifier_pb2.REVOCATION_KIND_CREDENTIAL,
+            RevocationKind.TASK: verifier_pb2.REVOCATION_KIND_TASK,
+            RevocationKind.AGENT: verifier_pb2.REVOCATION_KIND_AGENT,
+            RevocationKind.SERVER: verifier_pb2.REVOCATION_KIND_SERVER,
+            RevocationKind.TIER: verifier_pb2.REVOCATION_KIND_TIER,
+            RevocationKind.ISSUED_BEFORE: verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE,
+            RevocationKind.CREDENTIAL: verifier_pb2.REVOCATION_KIND_CREDENTIAL,
         }
         broker = self._broker
         try:

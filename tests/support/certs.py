@@ -176,8 +176,7 @@ def make_ca(
 
 def load_ca(directory: Path) -> CA:
     """The CA that ``broker.adapters.pki`` wrote to ``directory`` (e.g. the dev PKI), to issue odd
-    leaves
-    that chain to a real trust bundle."""
+    leaves that chain to a real trust bundle."""
     loaded = pki.load_ca(directory)
     return CA(loaded.trust_domain, loaded.cert, loaded.key)
 

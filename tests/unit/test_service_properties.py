@@ -45,7 +45,6 @@ CALLS = [(s.name, t, s.tier) for s in REGISTRY.servers for t in s.tools if s.tie
 def make_broker(clock: FakeClock) -> Broker:
     return Broker(
         issuer="spiffe://dev.local/broker",
-        registry=REGISTRY,
         policy=POLICY,
         keys=LocalKeyProvider(now=clock.now()),
         store=MemoryStore(),

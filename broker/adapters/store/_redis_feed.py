@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from broker.adapters.store._redis_codec import fnum
 from broker.adapters.store._redis_io import Guard
 from broker.core.errors import NotFound, StoreUnavailable
-from broker.core.model import RevocationEvent
+from broker.core.model import RevocationEvent, RevocationKind
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class RevocationFeed:
         self._closed = True
 
     async def publish(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
     ) -> RevocationEvent:
         async with self._guard.io():
             cursor = await self._r.xadd(

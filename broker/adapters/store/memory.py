@@ -17,6 +17,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     RevocationEvent,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -116,7 +117,7 @@ class MemoryStore:
                     self._agent_live.get(cred.agent, {}).pop(cred.jti, None)
                 pending.extend(sorted(self._children.get(tid, ())))
         for tid in ended:
-            await self.publish_revocation("task", tid, now, reason)
+            await self.publish_revocation(RevocationKind.TASK, tid, now, reason)
         return killed, ended
 
     async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
@@ -256,7 +257,7 @@ class MemoryStore:
     # -- revocation feed ---------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
     ) -> RevocationEvent:
         async with self._changed:
             seq = self._first_seq + len(self._events)

@@ -3,8 +3,8 @@
 Works on one redis-server, behind Sentinel, and on a Redis Cluster: every key of a task carries
 the hash tag ``{task_id}``, so each task lives on ONE slot, and every change to a task is ONE Lua
 script on that slot (``broker.adapters.store._redis_lua``, loaded once, run with EVALSHA). A script
-either
-ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the namespace, "brk")::
+either ran or did not: no caller ever sees half of a change. Key layout (``ns`` = the namespace,
+"brk")::
 
     ns:{t_...}:task              hash   the task record; its state is the revocation tombstone
     ns:{t_...}:creds             hash   jti random half -> 53-byte packed credential
@@ -100,6 +100,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     RevocationEvent,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -339,7 +340,7 @@ class RedisStore:
         give_up = loop.time() + self._guard.deadline
         while True:
             try:
-                await self.publish_revocation("task", task_id, at, reason)
+                await self.publish_revocation(RevocationKind.TASK, task_id, at, reason)
                 break
             except StoreUnavailable:
                 if loop.time() + 0.05 >= give_up:
@@ -542,7 +543,7 @@ class RedisStore:
     # -- revocation feed -----------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: str, subject: str, revoked_at: float, reason: str
+        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
     ) -> RevocationEvent:
         return await self._feed.publish(kind, subject, revoked_at, reason)
 

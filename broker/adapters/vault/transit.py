@@ -18,8 +18,7 @@ versions whose window has passed. Versions below ``min_decryption_version`` are 
 published, so an operator who raises it in Vault withdraws a compromised version everywhere.
 
 Signing (``sign_async``, ``broker.adapters.vault.transit_sign``) never blocks the event loop:
-requests run
-in the Vault client's threads, and concurrent mints are coalesced into one Transit
+requests run in the Vault client's threads, and concurrent mints are coalesced into one Transit
 ``batch_input`` request. ``public_jwks``, ``alg``, ``active_kid`` and ``prune`` read memory
 only; ``refresh``, ``maintain`` and ``rotate`` talk to Vault (each has an ``_async`` twin).
 """

@@ -1,8 +1,7 @@
 """Client side of the broker: the agent SDK and what MCP servers share with it.
 
 - ``BrokerClient``, ``Task``, ``Credential`` (``broker.client.sdk.client``): tasks as context
-managers,
-  one call per tool-call credential.
+  managers, one call per tool-call credential.
 - ``McpTools`` (``broker.client.sdk.mcp``, needs ``broker[mcp]``): call the tools of a guarded MCP
   server, a fresh credential per call.
 - ``WorkloadCredentials``, ``secure_channel`` (``broker.client.sdk.channel``): X.509-SVID files and

@@ -2,9 +2,8 @@
 
 Every broker error carries a ``google.rpc.ErrorInfo`` (domain ``broker.v1``) whose reason is one
 of ``broker.core.errors.Reason``; it comes back here as the same ``broker.core.errors`` class the
-broker
-raised (``Unauthenticated``, ``PermissionDenied`` with its policy ids, ``InvalidRequest`` naming
-the field, ...). Two more, for what only a client sees:
+broker raised (``Unauthenticated``, ``PermissionDenied`` with its policy ids, ``InvalidRequest``
+naming the field, ...). Two more, for what only a client sees:
 
     BrokerError
     ├── FailedPrecondition

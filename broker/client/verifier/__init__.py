@@ -7,8 +7,7 @@ or online (the broker verifies and consumes), behind one interface.
         await v.report_outcome(call, findings=[("instruction", "ignore previous ...")])
 
 Both raise ``broker.core.errors.Unauthenticated`` with the broker's reason codes, plus ``STALE``
-when
-revocations cannot be known to be current (offline: the feed has been silent longer than its
+when revocations cannot be known to be current (offline: the feed has been silent longer than its
 bound; online: the broker cannot be reached). See docs/mcp.md.
 """
 

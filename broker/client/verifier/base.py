@@ -3,8 +3,7 @@
 A verifier belongs to one MCP server: it connects to the broker over mutual TLS with that
 server's X.509-SVID, and the SPIFFE ID in it is the audience every token must name. Token checks
 are ``broker.core.tokens.verify.verify_token``, the broker's own, so an offline verifier rejects
-what
-the broker rejects, with the same reasons.
+what the broker rejects, with the same reasons.
 """
 
 from __future__ import annotations

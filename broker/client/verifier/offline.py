@@ -49,19 +49,19 @@ from broker.client.verifier.base import (
 )
 from broker.client.verifier.state import Freshness, ReplayCache, RevocationState
 from broker.core.errors import BrokerError, InvalidRequest, Reason, Unauthenticated
-from broker.core.model import RevocationEvent
+from broker.core.model import RevocationEvent, RevocationKind
 from broker.core.tokens.claims import TokenClaims
 
 log = logging.getLogger("broker.client.verifier")
 
 KIND_OF_PB = {
     verifier_pb2.REVOCATION_KIND_HEARTBEAT: "heartbeat",
-    verifier_pb2.REVOCATION_KIND_TASK: "task",
-    verifier_pb2.REVOCATION_KIND_AGENT: "agent",
-    verifier_pb2.REVOCATION_KIND_SERVER: "server",
-    verifier_pb2.REVOCATION_KIND_TIER: "tier",
-    verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE: "issued_before",
-    verifier_pb2.REVOCATION_KIND_CREDENTIAL: "credential",
+    verifier_pb2.REVOCATION_KIND_TASK: RevocationKind.TASK,
+    verifier_pb2.REVOCATION_KIND_AGENT: RevocationKind.AGENT,
+    verifier_pb2.REVOCATION_KIND_SERVER: RevocationKind.SERVER,
+    verifier_pb2.REVOCATION_KIND_TIER: RevocationKind.TIER,
+    verifier_pb2.REVOCATION_KIND_ISSUED_BEFORE: RevocationKind.ISSUED_BEFORE,
+    verifier_pb2.REVOCATION_KIND_CREDENTIAL: RevocationKind.CREDENTIAL,
 }
 PRUNE_EVERY = 1.0  # seconds between prunings of the revocation state
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from broker.core.errors import Reason, Unauthenticated
-from broker.core.model import RevocationEvent
+from broker.core.model import RevocationEvent, RevocationKind
 from broker.core.tokens.claims import TokenClaims
 
-FLOOR_KINDS = frozenset({"agent", "server", "tier"})
+FLOOR_KINDS = frozenset({RevocationKind.AGENT, RevocationKind.SERVER, RevocationKind.TIER})
 K = TypeVar("K")
 
 
@@ -69,9 +69,9 @@ class RevocationState:
 
     def apply(self, event: RevocationEvent) -> None:
         at = event.revoked_at
-        if event.kind == "task":
+        if event.kind == RevocationKind.TASK:
             self.tasks[event.subject] = max(at, self.tasks.get(event.subject, at))
-        elif event.kind == "credential":
+        elif event.kind == RevocationKind.CREDENTIAL:
             self.credentials[event.subject] = at
         elif event.kind in FLOOR_KINDS:
             key = (event.kind, event.subject)
@@ -96,10 +96,10 @@ class RevocationState:
             )
         if self.floors:
             for kind, subject in (
-                ("server", claims.aud),
-                ("tier", str(claims.tier)),
-                ("agent", claims.sub),
-                *(("agent", actor) for actor in claims.actors),
+                (RevocationKind.SERVER, claims.aud),
+                (RevocationKind.TIER, str(claims.tier)),
+                (RevocationKind.AGENT, claims.sub),
+                *((RevocationKind.AGENT, actor) for actor in claims.actors),
             ):
                 floor = self.floors.get((kind, subject))
                 if floor is not None and iat <= floor:

@@ -3,8 +3,7 @@ implementation, a ring buffer of the most recent records that is also an audit s
 
 With the Redis stream sink configured, the tail reads the stream instead (every replica's chain:
 ``broker.adapters.audit.redis_sink.RedisStreamSource``); otherwise it reads ``RecentRecords``,
-which holds
-this process's last records only.
+which holds this process's last records only.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -30,28 +31,42 @@ from broker.core.audit.scrub import is_denied_extra_key, looks_like_secret, reda
 GENESIS_PREV = "0" * 64
 """The ``prev`` of the first record (seq 0) of every chain."""
 
-KNOWN_EVENTS = frozenset(
-    {
-        "task.begin",
-        "task.end",
-        "credential.decision",
-        "credential.mint",
-        "credential.verify",
-        "credential.consume",
-        "outcome.report",
-        "revoke.task",
-        "revoke.agent",
-        "revoke.server",
-        "revoke.tier",
-        "revoke.issued_before",
-        "approval.request",
-        "approval.decide",
-        "approval.consume",
-        "approval.reject",
-        "key.rotate",
-        "policy.reload",
-    }
-)
+
+class AuditEventName(StrEnum):
+    """The events the broker records. The values are the ``event`` field of stored records:
+    they never change (docs/audit.md, and chains already written name them)."""
+
+    TASK_BEGIN = "task.begin"
+    TASK_END = "task.end"
+    CREDENTIAL_DECISION = "credential.decision"
+    CREDENTIAL_MINT = "credential.mint"
+    CREDENTIAL_VERIFY = "credential.verify"
+    CREDENTIAL_CONSUME = "credential.consume"
+    OUTCOME_REPORT = "outcome.report"
+    REVOKE_TASK = "revoke.task"
+    REVOKE_AGENT = "revoke.agent"
+    REVOKE_SERVER = "revoke.server"
+    REVOKE_TIER = "revoke.tier"
+    REVOKE_ISSUED_BEFORE = "revoke.issued_before"
+    REVOKE_CREDENTIAL = "revoke.credential"
+    APPROVAL_REQUEST = "approval.request"
+    APPROVAL_DECIDE = "approval.decide"
+    APPROVAL_CONSUME = "approval.consume"
+    APPROVAL_REJECT = "approval.reject"
+    KEY_ROTATE = "key.rotate"
+    POLICY_RELOAD = "policy.reload"
+    SECRET_ISSUE = "secret.issue"  # noqa: S105 - an event name, not a password
+    SECRET_REVOKE = "secret.revoke"  # noqa: S105 - an event name, not a password
+    TASK_PREVIEW = "task.preview"  # PreviewTools: what policy would decide, nothing minted
+    TAINT_RAISE = "taint.raise"  # RaiseTaint: an agent reports an unguarded server's content
+
+    @classmethod
+    def revoke(cls, kind: str) -> AuditEventName:
+        """``revoke.<kind>`` for a ``RevocationKind``; ValueError for any other kind."""
+        return cls(f"revoke.{kind}")
+
+
+KNOWN_EVENTS = frozenset(str(name) for name in AuditEventName)
 """The events the broker records. Others are accepted if they match ``EVENT_RE``."""
 
 EVENT_RE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+")
@@ -124,7 +139,7 @@ def _check_extra_value(key: str, value: object) -> ExtraValue:
             raise ValueError(f"{name}: must be a finite number within +-(2**53 - 1)")
         return value
     if isinstance(value, str):
-        return _clean_text(name, value)
+        return _clean_text(name, str(value))  # a StrEnum as its plain value
     raise ValueError(f"{name}: must be str, int, float or bool, not {type(value).__name__}")
 
 
@@ -161,6 +176,7 @@ class AuditEvent:
             raise ValueError(f"event: {self.event!r} is not a dotted lowercase name")
         if len(self.event) > 64:
             raise ValueError("event: longer than 64 characters")
+        object.__setattr__(self, "event", str(self.event))  # an AuditEventName as its plain value
         if isinstance(self.time, bool) or not isinstance(self.time, int | float):
             raise ValueError("time: must be a number of seconds since the epoch")
         if not math.isfinite(self.time) or not 0 <= self.time <= _MAX_EXACT:

@@ -110,6 +110,10 @@ class PolicyEngine:
     validated: ``broker.adapters.files.policy_source`` reads them from ``*.cedar`` files) against
     the entities of ``registry``. ``reload`` calls ``source()`` again.
 
+    The engine is the one owner of the registry in force (``registry``): the use cases read it
+    from here, so a reload that takes a new registry swaps what they resolve and what policy
+    decides on together, in one step.
+
     Raises ConfigError("policy/FILE", problem) when a policy does not parse or validate.
     ``check_requests=True`` also validates every request and context against the schema (about
     1.5 times the cost per decision; the tests use it to prove the context matches the schema).

@@ -19,8 +19,7 @@ __all__ = ["AsyncSigning", "KeyInfo", "KeyProvider", "KeySet", "PublicKey", "Sig
 class KeyProvider(Protocol):
     """The port to whatever holds the broker's signing keys: memory and files
     (``LocalKeyProvider`` below) or Vault Transit (``broker.adapters.vault.transit``), which also
-    offers
-    ``sign_async`` (see ``AsyncSigning``) so that a mint never blocks the event loop.
+    offers ``sign_async`` (see ``AsyncSigning``) so that a mint never blocks the event loop.
 
     Keys rotate: the active key signs; a retired key is no longer used to sign but stays in
     ``public_jwks`` until every token it signed has expired, then ``prune`` drops it.

@@ -49,8 +49,7 @@ def verify_token(
 
     ``audience`` is the verifying MCP server's own SPIFFE ID, ``tool`` and ``args_sha256`` describe
     the call being made (the digest as lowercase hex, see ``broker.core.canonical.args_sha256``),
-    and
-    ``presenter_x5t_s256`` is the RFC 8705 thumbprint of the presenter's client certificate when
+    and ``presenter_x5t_s256`` is the RFC 8705 thumbprint of the presenter's client certificate when
     known (checked against ``cnf.x5t#S256``). ``now`` and ``leeway`` are seconds.
     """
     header, payload, signing_input, signature = decode_unverified(token)
