@@ -21,7 +21,7 @@ from broker.app.credentials import Broker, _policy_request
 from broker.core.audit.record import AuditEventName
 from broker.core.errors import InvalidRequest, NotFound, Reason
 from broker.core.ids import task_of_jti
-from broker.core.model import Taint
+from broker.core.model import Taint, TaskRecord
 from broker.core.policy.model import Effect
 from broker.core.registry import ContentTrust
 from broker.core.spiffe import PeerIdentity
@@ -123,6 +123,12 @@ async def raise_taint(
         raise InvalidRequest("findings", f"at most {MAX_FINDINGS}, got {len(findings)}")
     now = broker.clock.now()
     task = await broker._task(task_id, now, owner=str(peer.spiffe_id), live=False)
+    if not server_ref:  # a floor alone: e.g. a gateway carrying a session's taint to a new task
+        if jti or findings:
+            raise InvalidRequest("server", "is required with a jti or findings")
+        if floor is None:
+            raise InvalidRequest("taint", "is required when no server is named")
+        return await _raise(broker, peer, task, floor, None, "", ())
     server = broker.registry.server(server_ref)
     taint = floor or Taint.CLEAN
     if server.content_trust is ContentTrust.UNTRUSTED:
@@ -137,6 +143,18 @@ async def raise_taint(
             raise NotFound(f"no credential {jti} for {server.name} in task {task.task_id}")
         if not cred.consumed:  # the unguarded call was made: the credential is used up
             await broker.store.consume_credential(task.task_id, jti, now)
+    return await _raise(broker, peer, task, taint, server.spiffe_id, jti, findings)
+
+
+async def _raise(
+    broker: Broker,
+    peer: PeerIdentity,
+    task: TaskRecord,
+    taint: Taint,
+    server: str | None,
+    jti: str,
+    findings: Sequence[tuple[str, str]],
+) -> Taint:
     new = await broker.store.raise_taint(task.task_id, taint)
     if new > task.taint:
         await broker._recheck_live_credentials(peer, task, new)
@@ -144,12 +162,12 @@ async def raise_taint(
         AuditEventName.TAINT_RAISE,
         peer,
         task=task.task_id,
-        server=server.spiffe_id,
+        server=server,
         jti=jti or None,
         extra={
             "taint": new.label,
             "findings": ",".join(sorted({k for k, _ in findings})),
-            "unguarded": True,
+            "unguarded": server is not None,
         },
     )
     return new

@@ -145,3 +145,21 @@ async def test_another_agents_task_is_absent(running: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as role:
         await operator.PreviewTools(agent_pb2.PreviewToolsRequest(task_id=task_id))
     assert role.value.code() is grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_raise_taint_with_a_floor_alone(running: Running) -> None:
+    """How a gateway carries a long session's taint into the task that replaces its first."""
+    stub = agent(running)
+    task_id = await begin(stub)
+    raised = await stub.RaiseTaint(
+        agent_pb2.RaiseTaintRequest(task_id=task_id, taint=common_pb2.TAINT_SUSPECT)
+    )
+    assert raised.taint == common_pb2.TAINT_SUSPECT
+    for bad, field in (
+        (agent_pb2.RaiseTaintRequest(task_id=task_id), "taint"),
+        (agent_pb2.RaiseTaintRequest(task_id=task_id, jti="x", taint=1), "server"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.RaiseTaint(bad)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert field in (refused.value.details() or "")

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,34 @@ async def test_sigkill_leaves_a_task_that_expires_by_its_ttl(
             )
         )
     assert (refused.value.details() or "").startswith(("TOKEN_EXPIRED", "TASK_ENDED"))
+
+
+async def test_a_session_outlives_its_task_and_keeps_its_taint(
+    running: Running, everything: NodeServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, servers(everything), task_ttl=4)
+    running.clock.advance(time.time() - running.clock.now())  # the gateway renews by wall time
+    async with gateway_client(running, config) as (client, errlog):
+        await client.call_tool("everything__echo", {"message": INJECTED})  # suspect now
+        first = await only_task(running)
+        async with asyncio.timeout(10):  # renewed ~1 s before the 4 s expiry
+            while "renewed as" not in await asyncio.to_thread(errlog.read_text):
+                await asyncio.sleep(0.1)
+        listed = (await broker_cli(running, "tasks", "list", "--state", "all", "--json")).json()
+        new = next(t for t in listed if t["task_id"] != first["task_id"])
+        assert new["taint"] == "TAINT_SUSPECT"  # what the session read is not forgotten
+        refused = await client.call_tool("everything__toggle-simulated-logging", {})
+        assert refused.is_error and "suspect-read-only" in text(refused)
+        ok = await client.call_tool("everything__get-sum", {"a": 1, "b": 1})
+        assert not ok.is_error
+    async with asyncio.timeout(10):  # the old task is ended after a grace period
+        while True:
+            states = {
+                t["task_id"]: t["state"]
+                for t in (
+                    await broker_cli(running, "tasks", "list", "--state", "all", "--json")
+                ).json()
+            }
+            if states[first["task_id"]] == "TASK_STATE_ENDED":
+                break
+            await asyncio.sleep(0.2)

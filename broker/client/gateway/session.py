@@ -37,6 +37,8 @@ log = logging.getLogger("broker.gateway")
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 RECHECK_INTERVAL = 0.5
+RENEW_BEFORE = 30.0  # seconds before its expiry a task is replaced by the next one
+RENEW_GRACE = 5.0  # seconds the replaced task lives on for calls in flight
 APPROVAL_NOTE = "(Each call needs an operator's approval through the broker.)"
 
 
@@ -62,27 +64,96 @@ class Session:
         self._approvals: dict[tuple[str, str, str], str] = {}
         self._recheck: asyncio.Task[None] | None = None
         self._dirty = False
+        self._renewal: asyncio.Task[None] | None = None
+        self._retiring: set[str] = set()  # replaced tasks, ended after RENEW_GRACE
+        self._jobs: set[asyncio.Task[int]] = set()
 
     # -- the task --------------------------------------------------------------------------
 
     async def ensure_task(self) -> str:
-        if self.task_id is not None:
+        if self.task_id is not None and not self._expired():
             return self.task_id
         async with self._task_lock:
             if self.ended:
                 raise BrokerError("this session has ended", Reason.TASK_ENDED)
             if self.task_id is None:
-                cfg = self.hub.cfg
-                task_id, expires_at = await self.hub.link.begin_task(
-                    cfg.task_intent(self.client_name),
-                    plan=cfg.plan_refs(),
-                    on_behalf_of=cfg.on_behalf_of,
-                    ttl_seconds=cfg.task_ttl,
-                    labels={"via": "broker-gateway", **cfg.labels},
-                )
-                self.task_id, self.task_expires_at = task_id, expires_at
-                log.info("task %s begun for %s", task_id, self.client_name or "the client")
+                await self._begin()
+            elif self._expired():
+                # Renewal did not happen in time (the broker was unreachable): what the old
+                # task had read is unknown, so the new one starts suspect (fail closed).
+                log.warning("task %s expired before it could be renewed", self.task_id)
+                await self._begin("suspect")
+            assert self.task_id is not None
             return self.task_id
+
+    def _expired(self) -> bool:
+        return time.time() >= self.task_expires_at
+
+    async def _begin(self, taint: str = "") -> None:
+        cfg = self.hub.cfg
+        task_id, expires_at = await self.hub.link.begin_task(
+            cfg.task_intent(self.client_name),
+            plan=cfg.plan_refs(),
+            on_behalf_of=cfg.on_behalf_of,
+            ttl_seconds=cfg.task_ttl,
+            labels={"via": "broker-gateway", **cfg.labels},
+        )
+        if taint not in ("", "clean"):  # a renewed session carries what it has read
+            await self.hub.link.raise_taint(task_id, "", taint=taint)
+        self.task_id, self.task_expires_at = task_id, expires_at
+        log.info("task %s begun for %s", task_id, self.client_name or "the client")
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        """A session outlives its task's TTL: shortly before the task expires, begin the next
+        one with the same taint (read from the old one), then end the old one. A task ended or
+        revoked by someone else is not renewed: the session's calls are refused from then on."""
+        while not self.ended and self.task_id is not None:
+            lead = min(RENEW_BEFORE, max(1.0, (self.task_expires_at - time.time()) / 10))
+            await asyncio.sleep(max(0.0, self.task_expires_at - lead - time.time()))
+            if self.ended:
+                return
+            old = self.task_id
+            async with self._task_lock:
+                try:
+                    taint, _ = await self.hub.link.preview_tools(old, [])
+                except BrokerError as exc:
+                    if exc.reason in (Reason.TASK_ENDED, Reason.TASK_NOT_FOUND):
+                        log.warning("task %s was ended or revoked: not renewing it (%s)", old, exc)
+                        self.ended = True
+                        return
+                    await asyncio.sleep(1.0)  # the broker is unreachable: try again
+                    continue
+                try:
+                    await self._begin(taint)
+                except BrokerError as exc:
+                    log.warning("cannot renew task %s yet: %s", old, exc)
+                    await asyncio.sleep(1.0)
+                    continue
+            log.info("task %s renewed as %s (taint %s carried over)", old, self.task_id, taint)
+            self._retiring.add(old)
+            loop = asyncio.get_running_loop()
+            loop.call_later(RENEW_GRACE, self._retire, old)
+
+    def _retire(self, task_id: str) -> None:
+        """End a replaced task once calls in flight with its credentials had time to finish."""
+        if task_id in self._retiring and not self.ended:
+            self._retiring.discard(task_id)
+            job = asyncio.get_running_loop().create_task(
+                self._end_quietly(task_id, f"renewed as {self.task_id}", None)
+            )
+            self._jobs.add(job)
+            job.add_done_callback(self._jobs.discard)
+
+    async def _end_quietly(self, task_id: str, outcome: str, deadline: float | None) -> int:
+        try:
+            return await self.hub.link.end_task(task_id, outcome, deadline=deadline)
+        except BrokerError as exc:
+            log.warning(
+                "could not end task %s (%s): it expires by its TTL at the latest", task_id, exc
+            )
+            return -1
 
     async def try_begin(self) -> None:
         """Begin the task now if the broker answers (a handshake does not fail on it: the
@@ -93,22 +164,22 @@ class Session:
             log.warning("cannot begin a task yet: %s", exc)
 
     async def end(self, outcome: str, *, deadline: float | None = None) -> None:
-        """End the session's task (every credential minted in it dies). Idempotent."""
+        """End the session's task (every credential minted in it dies), and a replaced one
+        not ended yet. Idempotent."""
         if self.ended:
             return
         self.ended = True
-        if self._recheck is not None:
-            self._recheck.cancel()
-        task_id = self.task_id
-        if task_id is None:
-            return
-        try:
-            killed = await self.hub.link.end_task(task_id, outcome, deadline=deadline)
-            log.info("task %s ended (%s): %d live credential(s) revoked", task_id, outcome, killed)
-        except BrokerError as exc:
-            log.warning(
-                "could not end task %s (%s): it expires by its TTL at the latest", task_id, exc
-            )
+        for background in (self._recheck, self._renewal):
+            if background is not None:
+                background.cancel()
+        ids = [t for t in (self.task_id, *self._retiring) if t is not None]
+        self._retiring.clear()
+        results = await asyncio.gather(*(self._end_quietly(t, outcome, deadline) for t in ids))
+        for task_id, killed in zip(ids, results, strict=True):
+            if killed >= 0:
+                log.info(
+                    "task %s ended (%s): %d live credential(s) revoked", task_id, outcome, killed
+                )
 
     # -- tools/list --------------------------------------------------------------------------
 
