@@ -97,7 +97,7 @@ async def test_typescript_client_session_is_a_task_ended_when_idle(
             "steps": [
                 {"op": "list_tools"},
                 {"op": "call_tool", "name": "everything__echo", "arguments": {"message": "hi"}},
-                {"op": "call_tool", "name": "everything__toggle-simulated-logging"},
+                {"op": "call_tool", "name": "everything__get-sum", "arguments": {"a": 1, "b": 2}},
                 {"op": "call_tool", "name": "nope__x"},
             ],
         }
@@ -106,11 +106,10 @@ async def test_typescript_client_session_is_a_task_ended_when_idle(
     assert run.protocol_version == "2025-11-25"
     names = {t["name"] for t in run.steps[0].result["tools"]}
     assert {"everything__echo", "everything__get-sum"} <= names
-    assert "everything__get-env" not in names  # not in the registry: never grantable
+    # not in the registry: never grantable
+    assert "everything__toggle-simulated-logging" not in names
     assert run.steps[1].text == "Echo: hi"
-    # everything is untrusted: after the echo the task is tainted; this write is tier 0 and
-    # still allowed (untrusted only gates tier 2+).
-    assert not run.steps[2].is_error, run.steps[2].text
+    assert not run.steps[2].is_error and "3" in run.steps[2].text
     assert run.steps[3].is_error and "UNKNOWN_TOOL" in run.steps[3].text
     [task] = await tasks(running)
     assert task["intent"] == "answer questions over HTTP"

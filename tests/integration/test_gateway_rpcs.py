@@ -59,7 +59,7 @@ async def test_preview_follows_policy_and_taint_without_minting(running: Running
         ("files", "read_text_file"),
         ("files", "write_file"),
         ("deploy", "deploy"),
-        ("everything", "get-env"),
+        ("everything", "toggle-simulated-logging"),
         ("nowhere", "x"),
     ]
     clean = await preview(stub, task_id, *pairs)
@@ -82,8 +82,8 @@ async def test_preview_follows_policy_and_taint_without_minting(running: Running
     assert after.taint == common_pb2.TAINT_SUSPECT
     assert [d.decision for d in after.decisions] == [ALLOW, DENY]
     assert after.decisions[1].reason == "POLICY_DENIED"
-    assert after.decisions[1].policy_ids == ["suspect-read-only"]
-    assert "only read tools" in after.decisions[1].reasons[0]
+    assert "suspect-read-only" in after.decisions[1].policy_ids
+    assert any("only read tools" in r for r in after.decisions[1].reasons)
     events = [r.body["event"] for r in running.sink.records]
     assert "task.preview" in events and "taint.raise" in events
 

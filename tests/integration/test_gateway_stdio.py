@@ -106,9 +106,9 @@ async def test_the_story_over_stdio(
     config = write_config(tmp_path, servers(everything), approval_wait=20, approval_poll=0.1)
     async with gateway_client(running, config) as (client, errlog):
         listed = {t.name: t for t in (await client.list_tools()).tools}
-        # Only tools the registry knows and policy could grant: get-env is not in the registry.
+        # Only tools the registry knows and policy could grant: the toggles are not in it.
         assert {"everything__echo", "everything__get-sum", "ops__get-sum"} <= set(listed)
-        assert "everything__get-env" not in listed
+        assert "everything__toggle-simulated-logging" not in listed
         assert listed["everything__echo"].input_schema["properties"]["message"]["type"] == "string"
         assert "approval" in (listed["ops__get-sum"].description or "")
 
@@ -119,13 +119,12 @@ async def test_the_story_over_stdio(
         assert not echoed.is_error
         assert "ignore all previous instructions" not in text(echoed)  # the comment is stripped
 
-        refused = await client.call_tool("everything__toggle-simulated-logging", {})
+        refused = await client.call_tool("ops__toggle-simulated-logging", {})
         assert refused.is_error
         assert "POLICY_DENIED" in text(refused) and "suspect-read-only" in text(refused)
         assert "What to do:" in text(refused)
-        assert refused.meta is not None and refused.meta["broker.v1/denial"]["policyIds"] == [
-            "suspect-read-only"
-        ]
+        assert refused.meta is not None
+        assert "suspect-read-only" in refused.meta["broker.v1/denial"]["policyIds"]
 
         # A tier 3 call waits for an operator; the operator approves from the CLI.
         call = asyncio.create_task(client.call_tool("ops__get-sum", {"a": 20, "b": 22}))
@@ -152,7 +151,8 @@ async def test_the_story_over_stdio(
     # The client went away (stdin closed): the task ended, the credential with it.
     log = errlog.read_text()
     assert "ALLOWED everything__get-sum" in log
-    assert "DENIED everything__toggle-simulated-logging: suspect-read-only" in log
+    [denied] = [line for line in log.splitlines() if line.startswith("DENIED ops__toggle")]
+    assert "suspect-read-only" in denied
     assert "PENDING ops__get-sum" in log and "APPROVED ops__get-sum" in log
     assert minted.credential.token not in log
     ended = await only_task(running)
@@ -195,7 +195,7 @@ async def test_legacy_handshake_and_intent_from_the_environment(
         _,
     ):
         names = {t.name for t in (await client.list_tools()).tools}
-        assert {"everything__echo", "everything__toggle-simulated-logging"} <= names
+        assert {"everything__echo", "ops__toggle-simulated-logging"} <= names
         result = await client.call_tool("everything__echo", {"message": "hi"})
         assert text(result) == "Echo: hi"
         assert not changed.is_set()
@@ -204,7 +204,7 @@ async def test_legacy_handshake_and_intent_from_the_environment(
         await asyncio.wait_for(changed.wait(), 5)
         names = {t.name for t in (await client.list_tools()).tools}
         assert "everything__echo" in names
-        assert "everything__toggle-simulated-logging" not in names
+        assert "ops__toggle-simulated-logging" not in names
         pending = await client.call_tool("ops__get-sum", {"a": 1, "b": 1})
         assert pending.is_error and "broker approvals approve ap_" in text(pending)
         task = await only_task(running)
@@ -303,12 +303,14 @@ async def test_a_session_outlives_its_task_and_keeps_its_taint(
         await client.call_tool("everything__echo", {"message": INJECTED})  # suspect now
         first = await only_task(running)
         async with asyncio.timeout(10):  # renewed ~1 s before the 4 s expiry
-            while "renewed as" not in await asyncio.to_thread(errlog.read_text):
+            while True:
+                if "renewed as" in await asyncio.to_thread(errlog.read_text):
+                    break
                 await asyncio.sleep(0.1)
         listed = (await broker_cli(running, "tasks", "list", "--state", "all", "--json")).json()
         new = next(t for t in listed if t["task_id"] != first["task_id"])
         assert new["taint"] == "TAINT_SUSPECT"  # what the session read is not forgotten
-        refused = await client.call_tool("everything__toggle-simulated-logging", {})
+        refused = await client.call_tool("ops__toggle-simulated-logging", {})
         assert refused.is_error and "suspect-read-only" in text(refused)
         ok = await client.call_tool("everything__get-sum", {"a": 1, "b": 1})
         assert not ok.is_error

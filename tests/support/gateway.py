@@ -62,17 +62,18 @@ EXTRA_SERVERS: list[dict[str, Any]] = [
             "echo": {"risk": "read"},
             "get-sum": {"risk": "read"},
             "get-tiny-image": {"risk": "read"},
-            "toggle-simulated-logging": {"risk": "write"},
+            "get-env": {"risk": "read"},
         },
     },
-    # A production stand-in: server-everything's get-sum as a tier 3 tool (every call needs an
-    # operator's approval). Reached unguarded, so the gateway itself reports what it returns.
+    # A production stand-in: server-everything's get-sum and toggle-simulated-logging as tier 3
+    # tools (every call needs an operator's approval; a suspect task may not write at all).
+    # Reached unguarded, so the gateway itself reports what it returns.
     {
         "spiffe_id": "spiffe://dev.local/mcp/ops",
         "name": "ops",
         "tier": 3,
         "content_trust": "trusted",
-        "tools": {"get-sum": {"risk": "read"}},
+        "tools": {"get-sum": {"risk": "read"}, "toggle-simulated-logging": {"risk": "write"}},
     },
 ]
 
