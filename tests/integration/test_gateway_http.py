@@ -169,3 +169,41 @@ async def test_host_and_origin_are_checked(gateway: HttpGateway) -> None:
             gateway.url, json=INITIALIZE, headers={**headers, "Origin": "http://localhost:3000"}
         )
         assert local.status_code == 200
+
+
+async def test_off_loopback_needs_a_bearer_secret_and_it_is_checked(
+    running: Running, everything: NodeServer, tmp_path: Path
+) -> None:
+    servers = {"everything": {"url": everything.url, "guarded": False}}
+    bare = write_config(tmp_path, servers)
+    # 192.0.2.1 (TEST-NET-1): refused before any bind is tried
+    argv = gateway_argv(running.port, running.pki, bare, listen="192.0.2.1:0")
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stderr=asyncio.subprocess.PIPE, env=gateway_env()
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 15)
+    assert proc.returncode == 2
+    assert b"not a loopback address" in err and b"http_token_file" in err
+
+    secret = tmp_path / "gateway.secret"
+    secret.write_text("s3cret-" + "x" * 40 + "\n")
+    (tmp_path / "secret").mkdir()
+    config = write_config(tmp_path / "secret", servers, http_token_file=str(secret))
+    argv = gateway_argv(running.port, running.pki, config, listen="127.0.0.1:0")
+    async with start_http_gateway(argv, gateway_env()) as gw:  # a secret binds loopback too
+        url = gw.url
+        headers = {"Accept": "application/json, text/event-stream"}
+        async with httpx.AsyncClient(timeout=10) as http:
+            denied = await http.post(url, json=INITIALIZE, headers=headers)
+            assert denied.status_code == 401
+            wrong = await http.post(
+                url, json=INITIALIZE, headers={**headers, "Authorization": "Bearer nope"}
+            )
+            assert wrong.status_code == 401
+            ok = await http.post(
+                url,
+                json=INITIALIZE,
+                headers={**headers, "Authorization": f"Bearer s3cret-{'x' * 40}"},
+            )
+            assert ok.status_code == 200
+    assert "s3cret" not in gw.log.text()
