@@ -113,6 +113,7 @@ async def test_typescript_client_session_is_a_task_ended_when_idle(
     assert run.steps[3].is_error and "UNKNOWN_TOOL" in run.steps[3].text
     [task] = await tasks(running)
     assert task["intent"] == "answer questions over HTTP"
+    assert "'everything'" in gateway.log.text() and "is not guarded" in gateway.log.text()
     await wait_ended(running, 1)  # idle_timeout 1.5 s
     assert "session idle" in (await broker_cli(running, "tasks", "show", task["task_id"])).out
 

@@ -176,3 +176,37 @@ async def test_both_protocol_eras() -> None:
     assert missing is not None and missing["error"]["code"] == wire.METHOD_NOT_FOUND
     junk = await modern.handle({"id": 5})
     assert junk is not None and junk["error"]["code"] == wire.INVALID_REQUEST
+
+
+def test_listen_addresses_and_origins() -> None:
+    from broker.client.gateway.http import GatewayHttp, is_loopback, parse_listen
+
+    assert parse_listen("127.0.0.1:8300") == ("127.0.0.1", 8300)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+    with pytest.raises(ConfigError):
+        parse_listen("8300")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")  # noqa: S104
+    gw = GatewayHttp.__new__(GatewayHttp)
+    gw.hub = type(
+        "H",
+        (),
+        {
+            "cfg": parse_config(
+                {
+                    "servers": {"a": {"url": "http://x/mcp"}},
+                    "allowed_origins": ["https://ide.example"],
+                },
+                base=Path("."),
+            )
+        },
+    )()
+    for ok in (
+        "http://localhost:3000",
+        "http://127.0.0.1",
+        "https://[::1]:8080",
+        "https://ide.example",
+    ):
+        assert gw._origin_ok(ok), ok
+    for bad in ("https://evil.example", "http://localhost.evil.example", "null", "file://"):
+        assert not gw._origin_ok(bad), bad
