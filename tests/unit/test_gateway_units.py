@@ -12,7 +12,7 @@ from broker.client.gateway import wire
 from broker.client.gateway.config import load_config, parse_config
 from broker.client.gateway.dispatch import Dispatcher
 from broker.client.gateway.refusals import from_broker, pending
-from broker.client.gateway.session import _clean_result
+from broker.client.gateway.unguarded import clean_result
 from broker.core.errors import ConfigError, PermissionDenied, Reason
 
 
@@ -109,7 +109,7 @@ def test_unguarded_results_are_cleaned_and_findings_kept() -> None:
         ],
         "structuredContent": {"note": "hi\u200bthere"},
     }
-    cleaned = _clean_result(result, findings)
+    cleaned = clean_result(result, findings)
     assert "ignore" not in cleaned["content"][0]["text"]
     assert cleaned["content"][1] == result["content"][1]  # binary data untouched
     assert cleaned["structuredContent"] == {"note": "hithere"}

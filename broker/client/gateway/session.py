@@ -26,12 +26,12 @@ from typing import Any
 from broker.client.gateway import refusals
 from broker.client.gateway.broker_link import Granted, Pending, Preview
 from broker.client.gateway.hub import Hub, decisions
+from broker.client.gateway.unguarded import clean_result
 from broker.client.gateway.upstream import UpstreamError, UpstreamRpcError
 from broker.client.gateway.wire import Refusal, notification, split_tool, tool_entry
 from broker.client.sdk.errors import BrokerUnavailable
 from broker.core.canonical import args_sha256
 from broker.core.errors import BrokerError, Reason
-from broker.core.sanitizer import SUSPECT, sanitize
 
 log = logging.getLogger("broker.gateway")
 
@@ -372,7 +372,7 @@ class Session:
         self, name: str, task_id: str, ref: str, jti: str, result: dict[str, Any]
     ) -> dict[str, Any]:
         findings: list[tuple[str, str]] = []
-        cleaned = _clean_result(result, findings)
+        cleaned = clean_result(result, findings)
         try:
             taint = await self.hub.link.raise_taint(task_id, ref, jti=jti, findings=findings)
         except BrokerError as exc:
@@ -389,43 +389,3 @@ class Session:
             kinds = ", ".join(sorted({k for k, _ in findings}))
             decisions.info("FLAGGED %s: %s; task is now %s", name, kinds, taint)
         return cleaned
-
-
-MAX_FINDINGS = 20
-
-
-def _clean_result(result: dict[str, Any], findings: list[tuple[str, str]]) -> dict[str, Any]:
-    """The result with every text a model reads sanitized; suspect findings collected."""
-
-    def text(value: str) -> str:
-        r = sanitize(value)
-        for f in r.findings:
-            if f.severity == SUSPECT and len(findings) < MAX_FINDINGS:
-                findings.append((f.kind, f.detail[:200]))
-        return r.text
-
-    def deep(value: Any) -> Any:
-        if isinstance(value, str):
-            return text(value)
-        if isinstance(value, list):
-            return [deep(v) for v in value]
-        if isinstance(value, dict):
-            return {k: deep(v) for k, v in value.items()}
-        return value
-
-    out = dict(result)
-    content = []
-    for item in result.get("content") or ():
-        if isinstance(item, dict):
-            item = dict(item)
-            if isinstance(item.get("text"), str):
-                item["text"] = text(item["text"])
-            res = item.get("resource")
-            if isinstance(res, dict) and isinstance(res.get("text"), str):
-                item["resource"] = {**res, "text": text(res["text"])}
-        content.append(item)
-    if "content" in result:
-        out["content"] = content
-    if "structuredContent" in result:
-        out["structuredContent"] = deep(result["structuredContent"])
-    return out
