@@ -8,7 +8,7 @@ DEV_DIR := .broker-dev
 BROKER_LISTEN ?= 127.0.0.1:7443
 BROKER_STORE ?= memory://
 
-.PHONY: proxy-venv venv run test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile
+.PHONY: proxy-venv venv run run-vault test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile
 
 venv: $(STAMP)
 
@@ -27,6 +27,15 @@ dev-pki: $(STAMP)
 
 run: dev-pki
 	@$(BIN)/broker serve --config examples/dev/broker.yaml --listen $(BROKER_LISTEN) --store $(BROKER_STORE)
+
+# `make run` with the signing keys in a local OpenBao's Transit (dev mode, in memory): starts
+# OpenBao on 127.0.0.1:8200 (BROKER_VAULT_PORT), then the broker with examples/dev/vault.yaml;
+# Ctrl-C stops both (docs/vault.md).
+BROKER_VAULT_PORT ?= 8200
+run-vault: dev-pki
+	@$(BIN)/python tools/dev_vault.py --port $(BROKER_VAULT_PORT) -- $(BIN)/broker serve \
+	  --config examples/dev/broker.yaml --overlay examples/dev/vault.yaml \
+	  --listen $(BROKER_LISTEN) --store $(BROKER_STORE)
 
 # The whole story, narrated: an agent, the dev MCP servers (examples/), and `make run`'s broker
 # (started in the background for the demo if none answers on $(BROKER_LISTEN)).

@@ -76,7 +76,7 @@ def tokens(provider: LocalKeyProvider, n: int) -> list[str]:
             tier=0,
             taint="clean",
         )
-        out.append(mint_token(claims, provider))
+        out.append(mint_token(claims, provider.blocking_signer()))
     return out
 
 

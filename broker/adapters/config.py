@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,10 +35,15 @@ ENV_OVERRIDES: dict[str, str] = {
     "BROKER_AUDIT_SINKS": "audit.sinks",
     "BROKER_VAULT_ADDR": "vault.addr",
     "BROKER_WORKERS": "workers",
+    "BROKER_METRICS_LISTEN": "metrics.listen",
+    "BROKER_LOG_FORMAT": "log_format",
 }
+# Variables whose empty value means something ("" turns the metrics listener off).
+EMPTY_MEANS_OFF = frozenset({"BROKER_METRICS_LISTEN"})
 
 ALGORITHMS = ("ES256", "EdDSA")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,7 @@ class Config:
     issuer: str = ""  # default: spiffe://TRUST_DOMAIN/broker
     token_alg: str = "ES256"  # noqa: S105 - an algorithm name, not a secret
     keys_dir: Path | None = None  # None: ephemeral keys (dev only)
+    share_keys: bool = True  # publish/read public keys through the store (broker.app.keyring)
     leeway_seconds: float = 5.0
     task_max_ttl: float = 3600.0
     task_default_ttl: float = 900.0
@@ -69,6 +75,8 @@ class Config:
     audit_sinks: tuple[str, ...] = ("stdout",)
     approval_ttl: float = 600.0  # approvals.ttl_seconds: to decide, then to use, an approval
     log_level: str = "info"
+    log_format: str = "text"  # "json": one JSON object per line (broker.adapters.logs)
+    metrics_listen: str = ""  # HOST:PORT of the Prometheus listener; "": none
     workers: int | None = None  # processes sharing the port; None: the cores (1 with memory://)
     extra: Mapping[str, Any] = field(default_factory=dict)
     vault: VaultConfig | None = None  # the vault: section (broker.adapters.vault.config)
@@ -86,9 +94,11 @@ _KNOWN: dict[str, tuple[str, ...] | None] = {
     "registry": None,
     "policies": None,
     "log_level": None,
+    "log_format": None,
     "workers": None,
+    "metrics": ("listen",),
     "tls": ("cert", "key", "bundle"),
-    "tokens": ("alg", "keys_dir", "leeway_seconds"),
+    "tokens": ("alg", "keys_dir", "leeway_seconds", "share_keys"),
     "tasks": ("max_ttl_seconds", "default_ttl_seconds", "max_delegation_depth"),
     "quotas": ("per_task", "per_agent"),
     "store_options": ("timeout_seconds",),
@@ -115,26 +125,22 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    overlays: Sequence[Path] = (),
 ) -> Config:
-    """Read ``path`` (optional), apply environment then explicit overrides, validate."""
+    """Read ``path`` (optional), merge the overlays (``overlays``, then the files named in
+    ``BROKER_OVERLAY``, separated by ``os.pathsep``) over it, apply environment then explicit
+    overrides, validate. Relative paths resolve against the main file's folder."""
     data: dict[str, Any] = {}
     base = Path.cwd()
     if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError("config", f"file not found: {path}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError("config", f"{path} must hold a mapping at the top level")
-        data = loaded
+        data = _read_yaml(path)
         base = path.resolve().parent
     env = os.environ if env is None else env
+    named = [Path(p) for p in env.get("BROKER_OVERLAY", "").split(os.pathsep) if p.strip()]
+    for overlay in (*overlays, *named):
+        data = _merged(data, _read_yaml(overlay))
     for var, dotted in ENV_OVERRIDES.items():
-        if env.get(var):
+        if env.get(var) or (var in EMPTY_MEANS_OFF and var in env):
             value: Any = env[var]
             if dotted == "audit.sinks":
                 value = [s.strip() for s in env[var].split(",") if s.strip()]
@@ -143,6 +149,33 @@ def load_config(
         if value is not None:
             _set_dotted(data, dotted, value)
     return _validate(data, base)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError("config", f"{path} is not valid YAML: {exc}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError("config", f"{path} must hold a mapping at the top level")
+    return loaded
+
+
+def _merged(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base``: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in overlay.items():
+        old = out.get(key)
+        out[key] = (
+            _merged(old, value)
+            if isinstance(old, Mapping) and isinstance(value, Mapping)
+            else value
+        )
+    return out
 
 
 def _section(data: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -189,10 +222,10 @@ def _path(base: Path, value: str, dotted: str, *, must_exist: bool, is_dir: bool
     return p
 
 
-def _validate_listen(value: str) -> str:
+def _validate_listen(value: str, key: str = "listen") -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError("listen", f"must be HOST:PORT (e.g. 127.0.0.1:7443), got {value!r}")
+        raise ConfigError(key, f"must be HOST:PORT (e.g. 127.0.0.1:7443), got {value!r}")
     return value
 
 
@@ -229,6 +262,9 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
         if keys_dir_raw
         else None
     )
+    share_keys = tokens.get("share_keys", True)
+    if not isinstance(share_keys, bool):
+        raise ConfigError("tokens.share_keys", f"must be true or false, got {share_keys!r}")
     tasks = _section(data, "tasks")
     max_ttl = _num(tasks, "max_ttl_seconds", "tasks.max_ttl_seconds", 3600, 1)
     default_ttl = _num(tasks, "default_ttl_seconds", "tasks.default_ttl_seconds", 900, 1)
@@ -250,6 +286,12 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
     log_level = _str(data, "log_level", "log_level", "info").lower()
     if log_level not in LOG_LEVELS:
         raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}")
+    log_format = _str(data, "log_format", "log_format", "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError("log_format", f"must be one of {', '.join(LOG_FORMATS)}")
+    metrics_listen = str(_section(data, "metrics").get("listen") or "").strip()
+    if metrics_listen:
+        _validate_listen(metrics_listen, "metrics.listen")
     store_opts = _section(data, "store_options")
     return Config(
         listen=_validate_listen(_str(data, "listen", "listen", "127.0.0.1:7443")),
@@ -263,6 +305,7 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
         store=_str(data, "store", "store", "memory://"),
         token_alg=alg,
         keys_dir=keys_dir,
+        share_keys=share_keys,
         leeway_seconds=_num(tokens, "leeway_seconds", "tokens.leeway_seconds", 5, 0),
         task_max_ttl=max_ttl,
         task_default_ttl=default_ttl,
@@ -279,6 +322,8 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
             _section(data, "approvals"), "ttl_seconds", "approvals.ttl_seconds", 600, 1
         ),
         log_level=log_level,
+        log_format=log_format,
+        metrics_listen=metrics_listen,
         vault=parse_vault_config(_section(data, "vault"), base) if data.get("vault") else None,
         workers=_workers(data.get("workers")),
     )

@@ -1,4 +1,5 @@
-"""LocalKeyProvider: the broker's signing keys in memory or in a directory (a ``KeyProvider``).
+"""LocalKeyProvider: the broker's signing keys in memory or in a directory (the async
+``KeyProvider`` port of ``broker.app.ports``).
 
 LocalKeyProvider holds its keys in process memory. Without a directory they are ephemeral
 (``broker dev``, tests): a restart means a new key, and tokens signed before it stop verifying.
@@ -13,7 +14,11 @@ With a directory the layout is:
 Every file is written atomically (a 0600 temporary file, fsync, ``os.replace``). On rotation the
 old private key is deleted: a retired key never signs again, only its public half stays published
 until ``retired_at + max_token_ttl + publish_margin`` (the margin covers verifier leeway and JWKS
-refresh lag), after which ``prune`` drops it. All times come from the caller (``now``).
+refresh lag), after which a ``refresh`` drops it. All times come from the caller (``now``).
+
+The port's coroutines never block the event loop: with a directory, ``rotate`` and ``refresh``
+(flock, reads, fsync) run in a thread; signing is a CPU-only call (~30 us) done in place. The
+``*_blocking`` methods are the same steps for start-up code and tools.
 
 A new key's algorithm is the provider's configured ``alg``; a keyring loaded with an active key of
 another algorithm keeps signing with it until the next rotation.
@@ -21,6 +26,7 @@ another algorithm keeps signing with it until the next rotation.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import fcntl
@@ -39,7 +45,7 @@ import orjson
 from broker.core.errors import ConfigError
 from broker.core.tokens.jwk import PublicKey, SigningKey
 from broker.core.tokens.jws import ES256, SUPPORTED_ALGS
-from broker.core.tokens.keys import DEFAULT_PUBLISH_MARGIN, KeyInfo
+from broker.core.tokens.keys import DEFAULT_PUBLISH_MARGIN, KeyInfo, Signer
 
 __all__ = ["LocalKeyProvider"]
 
@@ -84,27 +90,49 @@ class LocalKeyProvider:
         self._lock = threading.Lock()  # writers; readers take one snapshot of self._state
         with self._exclusive():
             self._state = self._fresh(now) if self._dir is None else self._on_disk(self._dir, now)
-        self.prune(now)
+        self.prune_blocking(now)
 
     # -- KeyProvider --------------------------------------------------------------------------
+
+    refresh_interval = 2.0  # re-read a shared directory this often (well within the margin)
 
     @property
     def alg(self) -> str:
         return self._state.signer.alg
 
+    @property
+    def shared(self) -> bool:
+        return False  # a directory is shared by one host's processes at most: publish
+
     def active_kid(self) -> str:
         return self._state.signer.kid
 
-    def sign(self, kid: str, signing_input: bytes) -> bytes:
-        signer = self._state.signer
-        if kid != signer.kid:
-            raise LookupError(f"key {kid!r} is not the active signing key")
-        return signer.sign(signing_input)
+    async def sign(self, kid: str, signing_input: bytes) -> bytes:
+        return self.sign_blocking(kid, signing_input)
 
     def public_jwks(self) -> list[dict[str, str]]:
         return [dict(entry.jwk) for entry in self._state.entries]
 
-    def rotate(self, now: float, max_token_ttl: float) -> str:
+    def list_keys(self) -> list[KeyInfo]:
+        return [entry.info for entry in self._state.entries]
+
+    async def rotate(self, now: float, max_token_ttl: float) -> str:
+        if self._dir is None:
+            return self.rotate_blocking(now, max_token_ttl)
+        return await asyncio.to_thread(self.rotate_blocking, now, max_token_ttl)
+
+    async def refresh(self, now: float) -> bool:
+        if self._dir is None:
+            return self.reload_blocking(now)
+        return await asyncio.to_thread(self.reload_blocking, now)
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- blocking steps -----------------------------------------------------------------------
+
+    def rotate_blocking(self, now: float, max_token_ttl: float) -> str:
+        """Make a new key active (written to the directory first, if any); return its kid."""
         if not (math.isfinite(max_token_ttl) and max_token_ttl >= 0):
             raise ValueError("max_token_ttl must be a non-negative number of seconds")
         with self._exclusive():
@@ -126,7 +154,8 @@ class LocalKeyProvider:
             self._state = state
             return signer.kid
 
-    def prune(self, now: float) -> list[str]:
+    def prune_blocking(self, now: float) -> list[str]:
+        """Drop retired keys whose publication window has passed; return their kids."""
         with self._exclusive():
             old = self._current(now)
             entries = _unexpired(old.entries, now)
@@ -137,19 +166,29 @@ class LocalKeyProvider:
         kept = {entry.info.kid for entry in entries}
         return [entry.info.kid for entry in old.entries if entry.info.kid not in kept]
 
-    # -- beyond the port ----------------------------------------------------------------------
+    def sign_blocking(self, kid: str, signing_input: bytes) -> bytes:
+        """``sign`` for synchronous tools (``blocking_signer``): CPU only, no I/O."""
+        signer = self._state.signer
+        if kid != signer.kid:
+            raise LookupError(f"key {kid!r} is not the active signing key")
+        return signer.sign(signing_input)
 
-    def reload(self, now: float) -> bool:
+    def blocking_signer(self) -> Signer:
+        """This provider as the synchronous ``Signer`` of ``mint_token`` (tools, benchmarks)."""
+        return _BlockingSigner(self)
+
+    def reload_blocking(self, now: float) -> bool:
         """Pick up what another process sharing the directory did (rotation, pruning) and prune;
         return whether the active key changed. Processes that share a directory call this
         periodically, well within ``publish_margin``: until then they sign with a retired key."""
         before = self._state.signer.kid
-        self.prune(now)
+        self.prune_blocking(now)
         return self._state.signer.kid != before
 
-    def keys(self) -> list[KeyInfo]:
-        """Metadata of every published key, the active one first."""
-        return [entry.info for entry in self._state.entries]
+    @property
+    def keys_dir(self) -> Path | None:
+        """The directory of the key ring, or None for keys in memory only."""
+        return self._dir
 
     def __repr__(self) -> str:
         where = str(self._dir) if self._dir is not None else "memory"
@@ -208,6 +247,21 @@ class LocalKeyProvider:
         }
         _write_private(self._dir / KEYRING_FILE, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         _remove_stale_private_keys(self._dir, state.signer.kid)
+
+
+class _BlockingSigner:
+    def __init__(self, provider: LocalKeyProvider) -> None:
+        self._provider = provider
+
+    @property
+    def alg(self) -> str:
+        return self._provider.alg
+
+    def active_kid(self) -> str:
+        return self._provider.active_kid()
+
+    def sign(self, kid: str, signing_input: bytes) -> bytes:
+        return self._provider.sign_blocking(kid, signing_input)
 
 
 def _load(directory: Path) -> _State | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 from broker.app.credentials import Broker
 from broker.core import approvals
@@ -70,11 +69,6 @@ class RevokeResult:
 class PolicyLoaded:
     policies: int
     digest: str
-
-
-@runtime_checkable
-class _DescribesKeys(Protocol):
-    def keys(self) -> list[KeyInfo]: ...
 
 
 class Admin:
@@ -357,35 +351,20 @@ class Admin:
 
     # -- keys, policy, audit -----------------------------------------------------------------
 
-    def list_keys(self) -> list[KeyInfo]:
-        provider = self._b.keys
-        if isinstance(provider, _DescribesKeys):
-            return provider.keys()
-        active = provider.active_kid()
-        return [
-            KeyInfo(
-                kid=str(k["kid"]),
-                alg=str(k.get("alg", "")),
-                created_at=0.0,
-                active=k["kid"] == active,
-            )
-            for k in provider.public_jwks()
-        ]
+    async def list_keys(self) -> list[KeyInfo]:
+        """This replica's keys (the active one first), then those other replicas published."""
+        return await self._b.keyring.current_keys()
 
     async def rotate_key(self, peer: PeerIdentity) -> KeyInfo:
-        provider = self._b.keys
-        previous = provider.active_kid()
+        keyring = self._b.keyring
+        previous = keyring.provider.active_kid()
         now, longest = self._b.clock.now(), max(TIER_MAX_TTL.values())
-        rotate_async = getattr(provider, "rotate_async", None)  # Transit: off the event loop
-        if rotate_async is not None:
-            kid = str(await rotate_async(now, max_token_ttl=longest))
-        else:
-            kid = provider.rotate(now, max_token_ttl=longest)
+        kid = await keyring.rotate(now, max_token_ttl=longest)  # published to the other replicas
         self._audit(AuditEventName.KEY_ROTATE, peer, extra={"kid": kid, "previous_kid": previous})
-        for info in self.list_keys():
+        for info in keyring.list_keys():
             if info.kid == kid:
                 return info
-        return KeyInfo(kid=kid, alg=provider.alg, created_at=self._b.clock.now(), active=True)
+        return KeyInfo(kid=kid, alg=keyring.provider.alg, created_at=now, active=True)
 
     def reload_policy(self, peer: PeerIdentity) -> PolicyLoaded:
         """Re-read the policy files; on any problem keep the running set and raise ConfigError

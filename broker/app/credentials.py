@@ -19,12 +19,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-import orjson
-
 from broker.app.approval_flow import ApprovalFlow
 from broker.app.audit import Auditor
-from broker.app.ports import Quotas, Store
+from broker.app.keyring import SigningKeys
+from broker.app.ports import KeyProvider, Quotas, Store
 from broker.app.secrets import SecretBroker
+from broker.app.tracing import traced, traced_call
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.record import AuditEvent, AuditEventName
@@ -51,7 +51,14 @@ from broker.core.model import (
 )
 from broker.core.policy.engine import PolicyEngine
 from broker.core.policy.model import Effect, PolicyRequest
-from broker.core.registry import ContentTrust, Registry, ServerEntry, ToolEntry, tier_ttl_cap
+from broker.core.registry import (
+    TIER_MAX_TTL,
+    ContentTrust,
+    Registry,
+    ServerEntry,
+    ToolEntry,
+    tier_ttl_cap,
+)
 from broker.core.requests import (
     BeginTask,
     CredentialRequest,
@@ -64,7 +71,6 @@ from broker.core.requests import (
 )
 from broker.core.spiffe import PeerIdentity
 from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
-from broker.core.tokens.keys import KeyProvider, KeySet
 from broker.core.tokens.verify import verify_token
 from broker.core.ttl import granted_ttl
 
@@ -98,6 +104,7 @@ class Broker:
         clock: Clock,
         limits: Limits | None = None,
         secrets: SecretBroker | None = None,
+        keyring: SigningKeys | None = None,
     ) -> None:
         self.issuer = issuer
         self.policy = policy  # owns the registry too: see ``registry``
@@ -115,8 +122,10 @@ class Broker:
         self.secrets = (
             secrets  # downstream secrets from Vault (broker.adapters.vault); None: no Vault
         )
-        self._keyset_cache: tuple[tuple[str, ...], KeySet] | None = None
-        self._last_key_refresh = 0.0
+        # this replica's keys and every other replica's, shared through the store
+        self.keyring = keyring or SigningKeys(
+            keys, store, clock, max_token_ttl=float(max(TIER_MAX_TTL.values()))
+        )
 
     @property
     def registry(self) -> Registry:
@@ -195,7 +204,7 @@ class Broker:
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
             policy_request = replace(policy_request, approved=True)
-        decision = self.policy.decide(policy_request)
+        decision = traced_call("policy", self.policy.decide, policy_request)
         ids = tuple(decision.policy_ids)
         if decision.effect is Effect.DENY:
             self._audit_decision(peer, task, server, req, "deny", ids)
@@ -244,8 +253,8 @@ class Broker:
             taint=task.taint.label,
             act=_act_claim(task.act),
         )
-        token = await mint_token_async(claims, self.keys)  # Transit: signs off the event loop
-        await self.store.record_credential(
+        token = await traced("sign", mint_token_async(claims, self.keys))  # never blocks the loop
+        await traced("store", self.store.record_credential(
             CredentialRecord(
                 jti=jti,
                 task_id=task.task_id,
@@ -259,7 +268,7 @@ class Broker:
             ),
             quotas=self.limits.quotas,
             now=now,
-        )
+        ))  # fmt: skip
         if approval is not None:
             # Used up only once the credential is signed and recorded, so that a failure of
             # either does not burn the operator's approval. If this fails (a concurrent retry
@@ -295,35 +304,6 @@ class Broker:
 
     # -- VerifierService ---------------------------------------------------------------------
 
-    def keyset(self) -> KeySet:
-        jwks = self.keys.public_jwks()
-        kids = tuple(sorted(str(k["kid"]) for k in jwks))
-        if self._keyset_cache is None or self._keyset_cache[0] != kids:
-            self._keyset_cache = (kids, KeySet.from_jwks({"keys": jwks}))
-        return self._keyset_cache[1]
-
-    def keyset_for(self, token: str) -> KeySet:
-        """The key set, re-read from the shared key ring first when the token names a key this
-        replica has not seen yet (another replica rotated). At most once a second."""
-        keys = self.keyset()
-        kid = _peek_kid(token)
-        now = self.clock.now()
-        if kid is not None and kid not in keys and now - self._last_key_refresh >= 1.0:
-            self._last_key_refresh = now
-            try:
-                self.refresh_keys(now)
-            except Exception:  # a client's kid must not surface the key ring's paths or errors
-                log.exception("re-reading the signing key ring failed; using the keys in memory")
-            keys = self.keyset()
-        return keys
-
-    def refresh_keys(self, now: float) -> None:
-        """Follow rotations made by other replicas and prune keys whose tokens have expired."""
-        reload = getattr(self.keys, "reload", None)
-        if reload is not None:
-            reload(now)
-        self.keys.prune(now)
-
     async def verify_credential(self, peer: PeerIdentity, req: VerifyRequest) -> Verified:
         now = self.clock.now()
         audience = str(peer.spiffe_id)
@@ -335,7 +315,7 @@ class Broker:
         try:
             claims = verify_token(
                 req.token,
-                keys=self.keyset_for(req.token),
+                keys=await self.keyring.keyset_for(req.token),
                 allowed_algs=frozenset({self.keys.alg}),
                 issuer=self.issuer,
                 audience=audience,
@@ -584,19 +564,6 @@ def _policy_request(
         delegation_depth=task.depth,
         on_behalf_of=task.on_behalf_of,
     )
-
-
-def _peek_kid(token: str) -> str | None:
-    """The ``kid`` of a token's header, unverified, or None: only to pick a key set."""
-    head = token.split(".", 1)[0]
-    if len(head) > 512:
-        return None
-    try:
-        header = orjson.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        return None
-    kid = header.get("kid") if isinstance(header, dict) else None
-    return kid if isinstance(kid, str) else None
 
 
 def _act_claim(chain: tuple[str, ...]) -> dict[str, object] | None:

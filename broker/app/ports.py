@@ -1,4 +1,7 @@
-"""The store port: everything the broker keeps between calls.
+"""The ports of the use cases: the store (everything the broker keeps between calls) and the key
+provider (whatever holds the signing keys).
+
+The store.
 
 Implementations: ``MemoryStore`` (embedded default, unit tests) and the Redis store. Both pass
 the same contract suite (tests/contract). Rules every implementation keeps:
@@ -29,6 +32,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tokens.keys import KeyInfo, PublishedKey
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,83 @@ class Store(Protocol):
 
     async def last_revocation_cursor(self) -> str: ...
 
+    # -- signing keys shared by replicas (broker.app.keyring) -------------------------------------
+
+    async def publish_keys(self, keys: Sequence[PublishedKey], *, now: float) -> None:
+        """Add or refresh public keys, atomically. A key already published keeps the later of
+        its two ``until`` (a publication is never shortened); keys whose ``until`` is past
+        ``now`` are dropped. Public halves only: never a private key."""
+        ...
+
+    async def published_keys(self, now: float) -> Sequence[PublishedKey]:
+        """Every published key whose ``until`` is after ``now``, by kid."""
+        ...
+
     async def ping(self) -> None:
         """Raise StoreUnavailable if the backend cannot be reached."""
         ...
 
     async def close(self) -> None: ...
+
+
+class KeyProvider(Protocol):
+    """The port to whatever holds the broker's signing keys: process memory and files
+    (``broker.adapters.keys.LocalKeyProvider``) or Vault Transit
+    (``broker.adapters.vault.transit.TransitKeyProvider``). Both pass the contract suite of
+    tests/contract/test_key_contract.py.
+
+    Reads (``alg``, ``active_kid``, ``public_jwks``, ``keys``) are memory only. Everything that
+    may do I/O is a coroutine that never blocks the event loop (files and Vault run in threads).
+
+    Keys rotate: the active key signs; a retired key no longer signs but stays in
+    ``public_jwks`` until every token it signed has expired (``KeyInfo.publish_until``); a
+    ``refresh`` after that drops it.
+    """
+
+    @property
+    def alg(self) -> str:
+        """The JWS algorithm of the active key (ES256 or EdDSA)."""
+        ...
+
+    @property
+    def shared(self) -> bool:
+        """True when every replica reads the same keys from the provider itself (Vault
+        Transit); False for keys local to a process or host, which the broker publishes in
+        the store (``broker.app.keyring``)."""
+        ...
+
+    @property
+    def refresh_interval(self) -> float:
+        """Seconds between two ``refresh`` calls of the broker's housekeeping."""
+        ...
+
+    def active_kid(self) -> str:
+        """The kid of the key that signs new tokens."""
+        ...
+
+    async def sign(self, kid: str, signing_input: bytes) -> bytes:
+        """The JWS signature of ``signing_input`` by ``kid``. Raises ``LookupError`` if ``kid``
+        is not (or no longer) the active key: ask ``active_kid`` again."""
+        ...
+
+    async def rotate(self, now: float, max_token_ttl: float) -> str:
+        """Make a new key active and return its kid; the old one stays published until
+        ``now + max_token_ttl`` plus a safety margin."""
+        ...
+
+    async def refresh(self, now: float) -> bool:
+        """Follow what other processes did (a shared key directory, Vault) and drop keys whose
+        publication window has passed; return whether the active key changed."""
+        ...
+
+    def public_jwks(self) -> list[dict[str, str]]:
+        """Every public key still published (active, retired-not-yet-expired), as JWKs."""
+        ...
+
+    def list_keys(self) -> list[KeyInfo]:
+        """Metadata of every published key, the active one first."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work and release connections."""
+        ...

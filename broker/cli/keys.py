@@ -23,20 +23,42 @@ def keys() -> None:
 
 def _rows(found: list[admin_pb2.SigningKey]) -> None:
     now = time.time()
+    transit = any(k.transit_version for k in found)
     table(
-        ("KID", "ALG", "STATUS", "CREATED", "RETIRED", "PUBLISHED UNTIL"),
+        (
+            "KID",
+            *(("TRANSIT",) if transit else ()),
+            "ALG",
+            "STATUS",
+            "CREATED",
+            "RETIRED",
+            "PUBLISHED UNTIL",
+            "REPLICA",
+        ),
         [
             (
                 k.kid,
+                *((f"v{k.transit_version}" if k.transit_version else "-",) if transit else ()),
                 k.alg,
-                "active" if k.active else "retired",
+                _status(k),
                 when(k.created_at),
                 when(k.retired_at),
                 "-" if k.active else relative(k.publish_until, now),
+                k.replica or "this one",
             )
             for k in found
         ],
     )
+
+
+def _status(k: admin_pb2.SigningKey) -> str:
+    if k.active:
+        return "active"
+    if k.replica:
+        return "published"  # another replica's key: it verifies here
+    if not k.HasField("retired_at"):
+        return "next"  # Transit, pre-published: signs once its activation delay has passed
+    return "retired"
 
 
 @keys.command("list")

@@ -35,7 +35,7 @@ COMMANDS: dict[str, str] = {
     "completion": "broker.cli.main:completion",
 }
 # Third-party modules only the broker server needs (the [server] extra).
-_SERVER_ONLY = ("cedarpy", "redis", "hiredis")
+_SERVER_ONLY = ("cedarpy", "redis", "hiredis", "prometheus_client")
 
 
 class LazyGroup(click.Group):

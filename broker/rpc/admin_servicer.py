@@ -85,7 +85,10 @@ def audit_record(r: ChainedRecord) -> admin_pb2.AuditRecord:
 
 
 def signing_key(k: KeyInfo) -> admin_pb2.SigningKey:
-    key = admin_pb2.SigningKey(kid=k.kid, alg=k.alg, active=k.active)
+    key = admin_pb2.SigningKey(
+        kid=k.kid, alg=k.alg, active=k.active, transit_version=k.transit_version or 0,
+        replica=k.replica,
+    )  # fmt: skip
     if k.created_at:
         key.created_at.CopyFrom(timestamp(k.created_at))
     if k.retired_at is not None:
@@ -226,7 +229,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListSigningKeysRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListSigningKeysResponse:
         return admin_pb2.ListSigningKeysResponse(
-            keys=[signing_key(k) for k in self._admin.list_keys()]
+            keys=[signing_key(k) for k in await self._admin.list_keys()]
         )
 
     @rpc

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -27,20 +29,23 @@ from broker.adapters.keys import LocalKeyProvider
 from broker.app.admin import Admin
 from broker.app.audit import Auditor
 from broker.app.credentials import Broker, Limits
-from broker.app.ports import Quotas, Store
+from broker.app.keyring import SigningKeys
+from broker.app.ports import KeyProvider, Quotas, Store
 from broker.core.clock import Clock, SystemClock
 from broker.core.errors import ConfigError
 from broker.core.registry import TIER_MAX_TTL, Registry
-from broker.core.tokens.keys import KeyProvider
 from broker.rpc.admin_servicer import AdminServicer, audit_source_for
 from broker.rpc.identity import IdentityInterceptor
+from broker.rpc.metrics import MetricsInterceptor, sample_live_tasks
 from broker.rpc.servicers import AgentServicer, VerifierServicer
 from broker.rpc.tls import ReloadingServerCredentials
+from broker.rpc.tracing import TracingInterceptor
 
 if TYPE_CHECKING:
     from broker.adapters.vault.runtime import VaultRuntime
 
 log = logging.getLogger("broker.rpc")
+LIVE_SAMPLE = 15.0  # seconds between two samples of broker_live_tasks
 
 SERVICE_NAMES = (
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
@@ -89,8 +94,21 @@ def build_components(
             approval_ttl=config.approval_ttl,
         ),
         secrets=vault.secrets if vault is not None else None,
+        keyring=SigningKeys(
+            keys,
+            store,
+            clock,
+            max_token_ttl=float(max(TIER_MAX_TTL.values())),
+            replica=replica_name(),
+            share=config.share_keys,
+        ),
     )
     return Components(broker=broker, tls=ReloadingServerCredentials(config.tls), vault=vault)
+
+
+def replica_name() -> str:
+    """How this process names itself where replicas meet (published keys): HOST-PID."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def registry_needs_secrets(registry: Registry) -> bool:
@@ -124,8 +142,11 @@ def _build_vault(
 
 
 class BrokerServer:
-    def __init__(self, config: Config, components: Components) -> None:
+    def __init__(
+        self, config: Config, components: Components, *, sample_live_tasks: bool = True
+    ) -> None:
         self.config = config
+        self.sample_live_tasks = sample_live_tasks  # broker_live_tasks: one worker samples
         self.components = components
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -136,7 +157,12 @@ class BrokerServer:
         c = self.components
         options = [("grpc.so_reuseport", 1 if reuse_port else 0)]
         server = grpc.aio.server(
-            interceptors=[IdentityInterceptor(self.config.trust_domain)], options=options
+            interceptors=[
+                MetricsInterceptor(),
+                TracingInterceptor(),
+                IdentityInterceptor(self.config.trust_domain),
+            ],
+            options=options,
         )
         # the generated registration functions are untyped
         add_agent = agent_pb2_grpc.add_AgentServiceServicer_to_server
@@ -155,6 +181,8 @@ class BrokerServer:
             ),
             server,
         )
+        # publish this replica's keys before its first token, and learn the others'
+        await c.broker.keyring.maintain(c.broker.clock.now())
         self.port = server.add_secure_port(self.config.listen, c.tls.credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
@@ -167,15 +195,25 @@ class BrokerServer:
             await c.vault.start()
         return self.port
 
-    async def _maintain(self, interval: float = 2.0) -> None:
-        """Housekeeping: follow key rotations of other replicas, prune expired keys."""
+    async def _maintain(self, interval: float = 2.0, sample_every: float = LIVE_SAMPLE) -> None:
+        """Housekeeping: refresh the key provider (at its own interval: Transit's
+        ``refresh_seconds``), publish this replica's keys, read the other replicas'; sample the
+        live tasks for ``broker_live_tasks`` every ``sample_every`` seconds."""
         broker = self.components.broker
+        sampled = -sample_every
         while True:
+            try:
+                due = asyncio.get_running_loop().time() - sampled >= sample_every
+                if self.sample_live_tasks and due:
+                    sampled = asyncio.get_running_loop().time()
+                    await sample_live_tasks(broker.store, broker.clock.now())
+            except Exception as exc:  # noqa: BLE001 - a metric is not worth a log storm
+                log.warning("sampling live tasks failed: %s", exc)
             await asyncio.sleep(interval)
             try:
-                broker.refresh_keys(broker.clock.now())
+                await broker.keyring.maintain(broker.clock.now())
             except Exception:  # housekeeping must not die; the next round retries
-                log.exception("key ring maintenance failed")
+                log.exception("key housekeeping failed")
 
     async def stop(self, grace: float = 2.0) -> None:
         if self._maintenance is not None:

@@ -14,6 +14,7 @@ from broker.app.audit import Auditor, AuditSink
 from broker.app.ports import Store
 from broker.core.errors import ConfigError
 from broker.rpc.app import BrokerServer, build_components, run_until_signalled
+from broker.rpc.metrics_http import start_listener
 
 log = logging.getLogger("broker")
 
@@ -79,10 +80,13 @@ async def run(config: Config) -> None:
     port = await server.start()
     host = config.listen.rpartition(":")[0]
     log.info("broker serving on %s:%d (store %s)", host, port, _describe(config.store))
+    metrics = start_listener(config.metrics_listen)
     print(how_to_connect(host, port), flush=True)
     try:
         await run_until_signalled(server)
     finally:
+        if metrics is not None:
+            metrics.close()
         auditor.close()  # sends what the Redis stream sink still has queued
         await store.close()
 

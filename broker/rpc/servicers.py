@@ -214,7 +214,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     ) -> verifier_pb2.GetSigningKeysResponse:
         import orjson
 
-        jwks = {"keys": self._broker.keys.public_jwks()}
+        jwks = {"keys": await self._broker.keyring.current_jwks()}  # every replica's
         return verifier_pb2.GetSigningKeysResponse(jwks_json=orjson.dumps(jwks).decode())
 
     async def WatchRevocations(

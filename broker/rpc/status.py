@@ -73,7 +73,12 @@ def status_of(exc: BaseException) -> grpc.Status:
             meta["policy_ids"] = ",".join(exc.policy_ids)
         return to_status(status_code_of(exc), exc.reason.value, exc.message, meta)
     correlation = secrets.token_hex(8)
-    log.error("internal error (correlation id %s)", correlation, exc_info=exc)
+    log.error(
+        "internal error (correlation id %s)",
+        correlation,
+        exc_info=exc,
+        extra={"correlation_id": correlation},
+    )
     return to_status(
         grpc.StatusCode.INTERNAL,
         Reason.INTERNAL.value,

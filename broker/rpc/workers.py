@@ -18,7 +18,9 @@ The parent (``Supervisor``) does not serve. It:
   ``SO_REUSEPORT`` socket that it holds until exit;
 - starts the workers (``multiprocessing`` spawn: no fork of a process holding gRPC state), waits
   until each one serves, prints how to connect, restarts a worker that dies, and on SIGTERM or
-  SIGINT stops every worker gracefully (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``).
+  SIGINT stops every worker gracefully (SIGTERM, then SIGKILL after ``STOP_TIMEOUT``);
+- serves the metrics of every worker on ``metrics.listen`` (prometheus-client's multiprocess
+  mode: ``broker.rpc.metrics_http``).
 
 A worker stops when it gets SIGTERM/SIGINT or when its parent is gone (it checks every second),
 so that a killed supervisor leaves no orphan serving with stale keys.
@@ -47,6 +49,7 @@ from types import FrameType
 
 from broker.adapters.config import Config, with_listen
 from broker.core.errors import BrokerError, ConfigError
+from broker.rpc.metrics_http import MetricsListener, MultiprocessDir, start_listener
 
 log = logging.getLogger("broker.workers")
 
@@ -131,6 +134,8 @@ class Supervisor:
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._keys_tmp: Path | None = None
+        self._metrics_dir: MultiprocessDir | None = None
+        self._metrics: MetricsListener | None = None
         self._reservation: socket.socket | None = None
         self._procs: dict[int, _Worker] = {}
         self._backoff = dict.fromkeys(range(workers), RESTART_BACKOFF[0])
@@ -145,11 +150,17 @@ class Supervisor:
         }
         try:
             worker_config = self._prepare()
+            if self.config.metrics_listen:  # before the spawns: workers inherit the variable
+                self._metrics_dir = MultiprocessDir()
             for index in range(self.workers):
                 self._spawn(index, worker_config)
             self._await_ready()
             if self._stopping:
                 return
+            if self._metrics_dir is not None:
+                self._metrics = start_listener(
+                    self.config.metrics_listen, multiprocess_dir=self._metrics_dir.path
+                )
             host = self.config.listen.rpartition(":")[0]
             pids = ", ".join(str(w.pid) for w in self._procs.values())
             log.info("broker serving on %s:%d with %d workers (pids %s)", host, self.port,
@@ -252,6 +263,8 @@ class Supervisor:
                         index, worker.pid or "?", worker.process.exitcode, delay,
                     )  # fmt: skip
                     restart_at[index] = now + delay
+                    if self._metrics_dir is not None and worker.pid:
+                        self._metrics_dir.worker_died(worker.pid)
                 elif now >= restart_at[index]:
                     del restart_at[index]
                     worker.conn.close()
@@ -278,6 +291,12 @@ class Supervisor:
             worker.conn.close()
 
     def _cleanup(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+        if self._metrics_dir is not None:
+            self._metrics_dir.remove()
+            self._metrics_dir = None
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
@@ -308,14 +327,15 @@ def _reserve_port(host: str) -> socket.socket:
 
 def worker_main(config: Config, index: int, conn: Connection, parent_pid: int) -> None:
     """Entry point of a worker process (spawned: a fresh interpreter)."""
-    from broker.adapters.logs import setup_logging
+    from broker.adapters.logs import formatter, set_process_fields, setup_logging
 
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
+    set_process_fields(worker=index)
     fmt = f"%(asctime)s %(levelname)s %(name)s [worker {index} pid %(process)d]: %(message)s"
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(fmt))
+        handler.setFormatter(formatter(config.log_format, fmt))
     try:
-        asyncio.run(_serve(config, conn, parent_pid))
+        asyncio.run(_serve(config, conn, parent_pid, index))
     except BaseException as exc:  # tell the parent why, then exit non-zero
         message = exc.message if isinstance(exc, BrokerError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(OSError, ValueError):
@@ -327,14 +347,16 @@ def worker_main(config: Config, index: int, conn: Connection, parent_pid: int) -
         conn.close()
 
 
-async def _serve(config: Config, conn: Connection, parent_pid: int) -> None:
+async def _serve(config: Config, conn: Connection, parent_pid: int, index: int) -> None:
     from broker.rpc.app import BrokerServer, build_components
     from broker.rpc.run import open_audit, open_store
 
     store = await open_store(config)
     try:
         auditor = open_audit(config, store)
-        server = BrokerServer(config, build_components(config, store=store, auditor=auditor))
+        components = build_components(config, store=store, auditor=auditor)
+        # one worker samples the store for broker_live_tasks: the same count N times is waste
+        server = BrokerServer(config, components, sample_live_tasks=index == 0)
         port = await server.start(reuse_port=True)
         conn.send(("ready", os.getpid(), port))
         stop = asyncio.Event()

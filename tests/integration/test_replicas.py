@@ -69,16 +69,16 @@ async def test_rotation_on_one_replica_is_seen_by_the_other(
 ) -> None:
     a, b = pair
     assert a.broker.keys.active_kid() == b.broker.keys.active_kid()
-    new_kid = a.broker.keys.rotate(a.clock.now(), 300)
+    new_kid = await a.broker.keyring.rotate(a.clock.now(), 300)
     agent_a = Agent(a.channel("agent-demo"))
     task = await agent_a.begin()
     token = await agent_a.token(task, "repo", "read_file", ARGS)
     # B has not reloaded yet: the unknown kid makes it re-read the shared key ring
     await Server(b.channel("mcp-repo")).verify(token, "read_file", ARGS)
-    b.broker.refresh_keys(b.clock.now())
+    assert await b.broker.keys.refresh(b.clock.now()) is True  # B re-reads the shared ring
     assert b.broker.keys.active_kid() == new_kid
-    kids_a = {k["kid"] for k in a.broker.keys.public_jwks()}
-    assert kids_a == {k["kid"] for k in b.broker.keys.public_jwks()}
+    kids_a = {k["kid"] for k in a.broker.keyring.public_jwks()}
+    assert kids_a == {k["kid"] for k in b.broker.keyring.public_jwks()}
 
 
 async def test_restart_keeps_tasks_credentials_tombstones_and_keys(

@@ -4,7 +4,7 @@ docs/performance.md ("Vault Transit vs local key"). Skipped unless BROKER_BENCH=
     BROKER_BENCH=1 .venv/bin/pytest tests/integration/test_vault_perf.py -s -p no:randomly
 
 Measures, in one process (no gRPC, so that the difference is the signature):
-- the signature alone: local key, Transit via the broker's path (``sign_async``: http.client in
+- the signature alone: local key, Transit via the broker's path (``sign``: http.client in
   the Vault threads, concurrent requests batched), and Transit via hvac (requests), 1 and 16 in
   flight;
 - a whole core mint (``Broker.request_credential``: policy, sign, store) with each provider.
@@ -95,10 +95,10 @@ async def measure(pki: Path, bao: OpenBao, local: Running, transit: Running) -> 
     out: list[str] = []
 
     async def local_sign() -> bytes:
-        return local.broker.keys.sign(local.broker.keys.active_kid(), data)
+        return await local.broker.keys.sign(local.broker.keys.active_kid(), data)
 
     async def transit_sign() -> bytes:
-        return await provider.sign_async(provider.active_kid(), data)
+        return await provider.sign(provider.active_kid(), data)
 
     hvac_client = bao.client()
     version = provider.versions()[provider.active_kid()]

@@ -180,7 +180,7 @@ async def test_rotation_maps_to_transit_versions_and_old_versions_are_trimmed(
         old_token = await agent.token(task, "repo", "read_file", ARGS)
         v1 = kid_of(old_token)
 
-        new_kid = await provider.rotate_async(running.clock.now(), max_token_ttl=300)
+        new_kid = await provider.rotate(running.clock.now(), max_token_ttl=300)
         assert provider.versions() == {v1: 1, new_kid: 2}
         new_token = await agent.token(task, "repo", "read_file", ARGS)
         assert kid_of(new_token) == new_kid != v1
@@ -190,12 +190,12 @@ async def test_rotation_maps_to_transit_versions_and_old_versions_are_trimmed(
         offline(old_token, keys, running)
         offline(new_token, keys, running)
         with pytest.raises(LookupError):  # a retired version never signs again
-            provider.sign(v1, b"x.y")
+            await provider.sign(v1, b"x.y")
 
         # once every token of version 1 has expired (max TTL + margin), it is withdrawn...
         running.clock.advance(300 + 60 + 1)
-        trimmed = await provider.maintain_async(running.clock.now())
-        assert trimmed == [v1]
+        assert await provider.refresh(running.clock.now()) is False
+        assert [k["kid"] for k in provider.public_jwks()] == [new_kid]
         assert set(await jwks_of(server)) == {new_kid}
         # ...and trimmed in Vault: gone for good
         with openbao.admin() as client:
@@ -221,7 +221,7 @@ async def test_rotation_in_vault_is_followed_and_concurrent_mints_are_batched(
         assert isinstance(provider, TransitKeyProvider)
         with openbao.admin() as client:
             client.secrets.transit.rotate_key(key)
-        assert await provider.refresh_async(running.clock.now()) is True
+        assert await provider.refresh(running.clock.now()) is True
         assert provider.versions()[provider.active_kid()] == 2
 
         agent, server = Agent(running.channel("agent-demo")), Server(running.channel("mcp-repo"))

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_ONLY = ("cedarpy", "redis", "hiredis", "hvac")
+SERVER_ONLY = ("cedarpy", "redis", "hiredis", "hvac", "prometheus_client")
 
 
 def _names(requirements: list[str]) -> set[str]:

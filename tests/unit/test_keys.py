@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -23,8 +24,8 @@ from broker.core.tokens import (
     KeySet,
     PublicKey,
     SigningKey,
-    mint_token,
 )
+from broker.core.tokens.claims import mint_token_async
 from broker.core.tokens.jwk import jwk_thumbprint
 from broker.core.tokens.jws import b64url_decode, b64url_encode
 from tests.support.tokens import T0, TTL, fixed_key, make_claims, verify
@@ -187,6 +188,10 @@ def test_generate_refuses_other_algs() -> None:
         SigningKey.generate("HS256")
 
 
+def _mint(provider: LocalKeyProvider) -> str:
+    return asyncio.run(mint_token_async(make_claims(), provider))
+
+
 # -- LocalKeyProvider ---------------------------------------------------------------------------
 
 
@@ -194,10 +199,10 @@ def test_generate_refuses_other_algs() -> None:
 def test_ephemeral_provider_signs(alg: str) -> None:
     provider = LocalKeyProvider(now=T0, alg=alg)
     assert provider.alg == alg
-    token = mint_token(make_claims(), provider)
+    token = _mint(provider)
     keys = KeySet.from_jwks({"keys": provider.public_jwks()})
     assert verify(token, keys) == make_claims()
-    info = provider.keys()
+    info = provider.list_keys()
     assert [(k.kid, k.active, k.created_at) for k in info] == [(provider.active_kid(), True, T0)]
 
 
@@ -211,7 +216,7 @@ def test_provider_refuses_bad_config() -> None:
 def test_sign_only_with_the_active_key() -> None:
     provider = LocalKeyProvider(now=T0)
     with pytest.raises(LookupError):
-        provider.sign("../../etc/passwd", b"x")
+        asyncio.run(provider.sign("../../etc/passwd", b"x"))
 
 
 def test_persistence_layout_and_modes(tmp_path: Path) -> None:
@@ -311,15 +316,15 @@ def test_rotation_publishes_old_keys_until_their_tokens_expire(tmp_path: Path) -
     which the old kid is pruned everywhere and its tokens fail with UNKNOWN_KEY."""
     provider = LocalKeyProvider(now=T0, directory=tmp_path, publish_margin=30)
     old_kid = provider.active_kid()
-    old_token = mint_token(make_claims(), provider)
+    old_token = _mint(provider)
 
-    new_kid = provider.rotate(now=T0 + 10, max_token_ttl=TTL)
+    new_kid = provider.rotate_blocking(now=T0 + 10, max_token_ttl=TTL)
     assert new_kid != old_kid
     assert provider.active_kid() == new_kid
-    new_token = mint_token(make_claims(), provider)
+    new_token = _mint(provider)
     assert f'"kid":"{new_kid}"' in _header(new_token)
     assert [k["kid"] for k in provider.public_jwks()] == [new_kid, old_kid]
-    retired = provider.keys()[1]
+    retired = provider.list_keys()[1]
     assert (retired.active, retired.retired_at, retired.publish_until) == (
         False,
         T0 + 10,
@@ -327,7 +332,7 @@ def test_rotation_publishes_old_keys_until_their_tokens_expire(tmp_path: Path) -
     )
     # a retired key never signs again, and its private half is gone from disk
     with pytest.raises(LookupError):
-        provider.sign(old_kid, b"x")
+        asyncio.run(provider.sign(old_kid, b"x"))
     assert not (tmp_path / f"{old_kid}.pem").exists()
 
     keys = KeySet.from_jwks({"keys": provider.public_jwks()})
@@ -339,8 +344,8 @@ def test_rotation_publishes_old_keys_until_their_tokens_expire(tmp_path: Path) -
     assert restarted.active_kid() == new_kid
     assert [k["kid"] for k in restarted.public_jwks()] == [new_kid, old_kid]
 
-    assert provider.prune(T0 + 10 + TTL + 29) == []
-    assert provider.prune(T0 + 10 + TTL + 30) == [old_kid]
+    assert provider.prune_blocking(T0 + 10 + TTL + 29) == []
+    assert provider.prune_blocking(T0 + 10 + TTL + 30) == [old_kid]
     assert [k["kid"] for k in provider.public_jwks()] == [new_kid]
     ring = json.loads((tmp_path / KEYRING_FILE).read_text())
     assert [k["kid"] for k in ring["keys"]] == [new_kid]
@@ -355,10 +360,10 @@ def test_rotation_publishes_old_keys_until_their_tokens_expire(tmp_path: Path) -
 def test_rotation_prunes_expired_keys_and_restart_prunes_too(tmp_path: Path) -> None:
     provider = LocalKeyProvider(now=T0, directory=tmp_path, publish_margin=0)
     first = provider.active_kid()
-    second = provider.rotate(now=T0, max_token_ttl=10)
-    third = provider.rotate(now=T0 + 5, max_token_ttl=10)
+    second = provider.rotate_blocking(now=T0, max_token_ttl=10)
+    third = provider.rotate_blocking(now=T0 + 5, max_token_ttl=10)
     assert [k["kid"] for k in provider.public_jwks()] == [third, second, first]
-    assert provider.rotate(now=T0 + 11, max_token_ttl=10) not in (first, second, third)
+    assert provider.rotate_blocking(now=T0 + 11, max_token_ttl=10) not in (first, second, third)
     assert first not in [k["kid"] for k in provider.public_jwks()]
     restarted = LocalKeyProvider(now=T0 + 100, directory=tmp_path)
     assert len(restarted.public_jwks()) == 1
@@ -373,24 +378,24 @@ def test_processes_sharing_a_directory_agree(tmp_path: Path) -> None:
     first = providers[0].active_kid()
     assert {p.active_kid() for p in providers} == {first}
     a, b = providers[0], providers[1]
-    second = a.rotate(now=T0 + 1, max_token_ttl=TTL)
+    second = a.rotate_blocking(now=T0 + 1, max_token_ttl=TTL)
     assert b.active_kid() == first  # b signs with the retired key until it reloads
-    assert b.reload(T0 + 2) is True
+    assert b.reload_blocking(T0 + 2) is True
     assert b.active_kid() == second
-    assert b.reload(T0 + 3) is False
-    third = b.rotate(now=T0 + 4, max_token_ttl=TTL)
+    assert b.reload_blocking(T0 + 3) is False
+    third = b.rotate_blocking(now=T0 + 4, max_token_ttl=TTL)
     assert [k["kid"] for k in b.public_jwks()] == [third, second, first]
-    a.reload(T0 + 5)
+    a.reload_blocking(T0 + 5)
     assert [k["kid"] for k in a.public_jwks()] == [third, second, first]
 
 
 def test_rotation_can_switch_algorithms() -> None:
     provider = LocalKeyProvider(now=T0, alg=EDDSA)
-    provider.rotate(now=T0, max_token_ttl=TTL)
+    provider.rotate_blocking(now=T0, max_token_ttl=TTL)
     assert provider.alg == EDDSA
     switching = LocalKeyProvider(now=T0, alg=ES256)
     switching._new_alg = EDDSA  # what a restart with another configured alg amounts to
-    switching.rotate(now=T0, max_token_ttl=TTL)
+    switching.rotate_blocking(now=T0, max_token_ttl=TTL)
     assert switching.alg == EDDSA
     assert {k["alg"] for k in switching.public_jwks()} == {ES256, EDDSA}
 
@@ -398,7 +403,7 @@ def test_rotation_can_switch_algorithms() -> None:
 def test_rotate_refuses_bad_ttl() -> None:
     provider = LocalKeyProvider(now=T0)
     with pytest.raises(ValueError, match="max_token_ttl"):
-        provider.rotate(now=T0, max_token_ttl=float("nan"))
+        provider.rotate_blocking(now=T0, max_token_ttl=float("nan"))
 
 
 def test_mint_retries_once_when_a_rotation_races() -> None:
@@ -407,14 +412,14 @@ def test_mint_retries_once_when_a_rotation_races() -> None:
     class Racing(LocalKeyProvider):
         raced = False
 
-        def sign(self, kid: str, signing_input: bytes) -> bytes:
+        async def sign(self, kid: str, signing_input: bytes) -> bytes:
             if not self.raced:
                 self.raced = True
-                self.rotate(now=T0, max_token_ttl=TTL)
-            return super().sign(kid, signing_input)
+                self.rotate_blocking(now=T0, max_token_ttl=TTL)
+            return await super().sign(kid, signing_input)
 
     provider = Racing(now=T0)
-    token = mint_token(make_claims(), provider)
+    token = _mint(provider)
     assert f'"kid":"{provider.active_kid()}"' in _header(token)
     verify(token, KeySet.from_jwks({"keys": provider.public_jwks()}))
 

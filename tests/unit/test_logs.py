@@ -46,3 +46,32 @@ def test_formatter_redacts_messages_and_tracebacks() -> None:
     assert "ValueError" in written  # the traceback was written...
     assert JWS not in written and VAULT not in written  # ...without the secrets
     assert written.count("[secure]") == 3
+
+
+def test_json_lines_are_one_object_each_with_correlation_ids_and_redacted() -> None:
+    import orjson
+
+    from broker.adapters.logs import JsonFormatter, log_context
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("test.json")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        with log_context(method="AgentService/BeginTask", trace_id="ab" * 16):
+            try:
+                raise ValueError(f"bad key {PEM}")
+            except ValueError:
+                log.exception("failed with %s", VAULT, extra={"correlation_id": "c0ffee"})
+        log.warning("outside any call")
+    finally:
+        log.removeHandler(handler)
+    first, second = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert first["method"] == "AgentService/BeginTask" and first["trace_id"] == "ab" * 16
+    assert first["correlation_id"] == "c0ffee" and first["level"] == "error"
+    assert "ValueError" in first["exception"] and "[secure]" in first["exception"]
+    assert first["message"] == "failed with [secure]"
+    assert "method" not in second and second["logger"] == "test.json"
+    assert VAULT not in stream.getvalue() and "PRIVATE KEY" not in stream.getvalue()

@@ -70,8 +70,9 @@ def test_no_version_is_an_error() -> None:
         plan((), T0)
 
 
-class AsyncProvider:
-    """A LocalKeyProvider with an async signature path, as the Transit provider has."""
+class RotatingProvider:
+    """A LocalKeyProvider whose first signature races a rotation, as a Transit rotation by
+    another replica can."""
 
     def __init__(self, rotate_once: bool = False) -> None:
         self.inner = LocalKeyProvider(now=T0)
@@ -82,24 +83,15 @@ class AsyncProvider:
     def active_kid(self) -> str:
         return self.inner.active_kid()
 
-    def sign(self, kid: str, signing_input: bytes) -> bytes:  # pragma: no cover - not used
-        raise AssertionError("the core must use sign_async")
-
-    async def sign_async(self, kid: str, signing_input: bytes) -> bytes:
+    async def sign(self, kid: str, signing_input: bytes) -> bytes:
         self.calls += 1
         if self._rotate_once:
             self._rotate_once = False
-            self.inner.rotate(T0, 300)  # a rotation between active_kid() and the signature
-        return self.inner.sign(kid, signing_input)
+            await self.inner.rotate(T0, 300)  # a rotation between active_kid() and the signature
+        return await self.inner.sign(kid, signing_input)
 
     def public_jwks(self) -> list[dict[str, str]]:
         return self.inner.public_jwks()
-
-    def rotate(self, now: float, max_token_ttl: float) -> str:  # pragma: no cover
-        return self.inner.rotate(now, max_token_ttl)
-
-    def prune(self, now: float) -> list[str]:  # pragma: no cover
-        return self.inner.prune(now)
 
 
 def _claims() -> TokenClaims:
@@ -141,10 +133,10 @@ def _check(token: str, jwks: list[dict[str, str]]) -> None:
 
 
 @pytest.mark.parametrize("rotate_once", [False, True])
-async def test_the_async_mint_awaits_sign_async_and_retries_after_a_rotation(
+async def test_the_async_mint_awaits_sign_and_retries_after_a_rotation(
     rotate_once: bool,
 ) -> None:
-    provider = AsyncProvider(rotate_once)
+    provider = RotatingProvider(rotate_once)
     token = await mint_token_async(_claims(), provider)
     assert provider.calls == (2 if rotate_once else 1)
     _check(token, provider.public_jwks())

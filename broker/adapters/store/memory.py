@@ -22,6 +22,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tokens.keys import PublishedKey
 
 MAX_EVENTS = 100_000  # revocation feed retention (by count)
 
@@ -38,6 +39,7 @@ class MemoryStore:
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
         self._changed = asyncio.Condition()
+        self._published: dict[str, PublishedKey] = {}  # signing keys of the replicas, by kid
         self._lock = asyncio.Lock()
 
     # -- tasks -------------------------------------------------------------------------------
@@ -322,6 +324,19 @@ class MemoryStore:
             self._children.pop(tid, None)
         for aid in [a for a in self._approvals if task_of_approval(a) not in self._tasks]:
             del self._approvals[aid]
+
+    # -- signing keys shared by replicas -----------------------------------------------------
+
+    async def publish_keys(self, keys: Sequence[PublishedKey], *, now: float) -> None:
+        for key in keys:
+            known = self._published.get(key.kid)
+            if known is None or key.until > known.until:
+                self._published[key.kid] = key
+        for kid in [k for k, v in self._published.items() if v.until <= now]:
+            del self._published[kid]
+
+    async def published_keys(self, now: float) -> Sequence[PublishedKey]:
+        return [key for key in self._published.values() if key.until > now]
 
     async def ping(self) -> None:
         return None

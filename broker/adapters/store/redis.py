@@ -19,6 +19,7 @@ either ran or did not: no caller ever sees half of a change. Key layout (``ns`` 
     ns:{idx}:tasks[:ret]         zsets  every task by created_at [by retain_until]
     ns:{srv:<id>}:tasks          zset   tasks that held a credential for the server -> retain
     ns:revocations               stream the revocation feed (XADD MAXLEN ~ 100000)
+    ns:{keys}:pub, :until        hash, zset  public signing keys of every replica (``_redis_keys``)
 
 All task keys expire at the task's ``retain_until`` (extended when a credential outlives it), so
 the tombstone outlives the task's longest credential. Expiry is bookkeeping only: verification
@@ -86,6 +87,7 @@ from broker.adapters.store._redis_codec import (
 )
 from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
+from broker.adapters.store._redis_keys import RedisPublishedKeys
 from broker.app.ports import Quotas
 from broker.core.approvals import ApprovalRecord
 from broker.core.errors import (
@@ -105,6 +107,7 @@ from broker.core.model import (
     TaskRecord,
     TaskState,
 )
+from broker.core.tokens.keys import PublishedKey
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,7 @@ class RedisStore:
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
         self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
+        self._published = RedisPublishedKeys(client, namespace, self._run)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -558,6 +562,14 @@ class RedisStore:
         return await self._feed.last_cursor()
 
     # -- housekeeping --------------------------------------------------------------------------
+
+    # -- signing keys shared by replicas (``_redis_keys``) -------------------------------------
+
+    async def publish_keys(self, keys: Sequence[PublishedKey], *, now: float) -> None:
+        await self._published.publish(keys, now)
+
+    async def published_keys(self, now: float) -> Sequence[PublishedKey]:
+        return await self._published.read(now)
 
     async def ping(self) -> None:
         async with self._guard.io():

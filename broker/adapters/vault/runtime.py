@@ -8,10 +8,11 @@ at start: those tools fail closed until it is back, the others work).
 ``VaultRuntime.start`` runs, until ``stop``:
 
 - token renewal (at two thirds of its TTL; log in again when it cannot be renewed);
-- key refresh every ``transit.refresh_seconds`` (rotations by other replicas or by
-  ``auto_rotate_period``), pruning and trimming versions whose last token has expired;
 - the lease reaper every ``leases.reap_interval_seconds`` (expiry, retries);
 - the store's revocation feed (operator revokes, sub-tasks ended with their parent).
+
+The Transit key is refreshed by the broker's key housekeeping (``broker.app.keyring``), every
+``transit.refresh_seconds``, from the Vault client's threads.
 
 ``stop`` revokes every lease still tracked when the tracker is not durable (in memory): a
 stopped broker leaves nothing behind but what Vault's TTLs end anyway.
@@ -55,8 +56,6 @@ class VaultRuntime:
         loops: list[tuple[str, Callable[[], Coroutine[None, None, None]]]] = [
             ("renewal", self._renew_loop)
         ]
-        if self.keys is not None and self.config.transit is not None:
-            loops.append(("key refresh", self._refresh_loop))
         if self.secrets is not None:
             loops.append(("lease reaper", self._reap_loop))
             if self.store is not None:
@@ -92,17 +91,6 @@ class VaultRuntime:
                 log.warning("vault: token renewal failed: %s (retry in %gs)", _why(exc), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
-
-    async def _refresh_loop(self) -> None:
-        assert self.keys is not None and self.config.transit is not None
-        while True:
-            await asyncio.sleep(self.config.transit.refresh_interval)
-            try:
-                pruned = await self.keys.maintain_async(self.clock.now())
-                if pruned:
-                    log.info("transit: trimmed %d retired version(s)", len(pruned))
-            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-                log.warning("transit: refresh failed: %s", _why(exc))
 
     async def _reap_loop(self) -> None:
         assert self.secrets is not None

@@ -13,14 +13,15 @@ version before it signs). A retired version stays published until ``retired_at +
 + publish_margin``, where ``retired_at`` is when its successor became active, derived from the
 successor's ``creation_time`` in Vault: every replica computes the same windows from Vault
 alone, and a rotation by another replica or by Transit's ``auto_rotate_period`` is picked up
-by the next ``refresh``. ``prune`` then raises ``min_decryption_version`` and trims the
+by the next ``refresh``, which then raises ``min_decryption_version`` and trims the
 versions whose window has passed. Versions below ``min_decryption_version`` are never
 published, so an operator who raises it in Vault withdraws a compromised version everywhere.
 
-Signing (``sign_async``, ``broker.adapters.vault.transit_sign``) never blocks the event loop:
-requests run in the Vault client's threads, and concurrent mints are coalesced into one Transit
-``batch_input`` request. ``public_jwks``, ``alg``, ``active_kid`` and ``prune`` read memory
-only; ``refresh``, ``maintain`` and ``rotate`` talk to Vault (each has an ``_async`` twin).
+Signing (``sign``, ``broker.adapters.vault.transit_sign``) never blocks the event loop: requests
+run in the Vault client's threads, and concurrent mints are coalesced into one Transit
+``batch_input`` request. ``public_jwks``, ``list_keys``, ``alg`` and ``active_kid`` read memory
+only; ``rotate`` and ``refresh`` talk to Vault from the client's threads (their ``*_blocking``
+twins are for tools). The broker calls ``refresh`` every ``vault.transit.refresh_seconds``.
 """
 
 from __future__ import annotations
@@ -103,20 +104,22 @@ def plan_publication(
     eligible = [v for v in versions if v.version >= min_encryption_version]
     ready = [v for v in eligible if activation_delay <= 0 or v.created_at + activation_delay <= now]
     active = (ready or eligible or list(versions))[-1]
-    infos: list[KeyInfo] = [KeyInfo(active.kid, alg, active.created_at, active=True)]
+    infos: list[KeyInfo] = [
+        KeyInfo(active.kid, alg, active.created_at, active=True, transit_version=active.version)
+    ]
     for i, v in enumerate(versions):
         if v.version > active.version:  # pre-published: signs once its delay has passed
-            infos.append(KeyInfo(v.kid, alg, v.created_at, active=False))
+            infos.append(KeyInfo(v.kid, alg, v.created_at, False, transit_version=v.version))
         elif v.version < active.version:
             retired_at = versions[i + 1].created_at + max(activation_delay, 0.0)
             until = retired_at + max_token_ttl + publish_margin
             if until > now:
-                infos.append(KeyInfo(v.kid, alg, v.created_at, False, retired_at, until))
+                infos.append(KeyInfo(v.kid, alg, v.created_at, False, retired_at, until, v.version))
     return active, tuple(infos)
 
 
 class TransitKeyProvider:
-    """A ``KeyProvider`` (broker.core.tokens.keys) whose keys live in a Transit key of Vault."""
+    """A ``KeyProvider`` (broker.app.ports) whose keys live in a Transit key of Vault."""
 
     def __init__(
         self,
@@ -145,23 +148,29 @@ class TransitKeyProvider:
         self._max_ttl = max_token_ttl
         self._margin = publish_margin
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._refreshing: asyncio.Task[bool] | None = None
-        self._dropped: set[str] = set()
         self._view = self._plan(self._read_state(), clock.now())
         self._signer = TransitSigner(
             client,
             config,
             alg=alg,
-            on_stale=lambda: self.refresh(clock.now()),
+            on_stale=lambda: self.refresh_blocking(clock.now()),
             max_batch=max_batch,
             max_in_flight=max_in_flight,
         )
 
-    # -- KeyProvider ---------------------------------------------------------------------------
+    # -- KeyProvider (broker.app.ports) ---------------------------------------------------------
 
     @property
     def alg(self) -> str:
         return self._view.alg
+
+    @property
+    def shared(self) -> bool:
+        return True  # every replica reads the same key from Vault: nothing to publish
+
+    @property
+    def refresh_interval(self) -> float:
+        return self._config.refresh_interval  # vault.transit.refresh_seconds
 
     def active_kid(self) -> str:
         return self._view.active.kid
@@ -169,14 +178,11 @@ class TransitKeyProvider:
     def public_jwks(self) -> list[dict[str, str]]:
         return [dict(jwk) for jwk in self._view.jwks]
 
-    def sign(self, kid: str, signing_input: bytes) -> bytes:
-        """Blocking: one Transit request. The core uses ``sign_async``; this is for tools."""
-        active = self._view.active
-        if kid != active.kid:
-            raise LookupError(f"key {kid!r} is not the active signing key")
-        return self._signer.sign_blocking(active.version, signing_input)
+    def list_keys(self) -> list[KeyInfo]:
+        """Metadata of every published key, the active one first, with its Transit version."""
+        return list(self._view.infos)
 
-    async def sign_async(self, kid: str, signing_input: bytes) -> bytes:
+    async def sign(self, kid: str, signing_input: bytes) -> bytes:
         """The JWS signature by the active version, without blocking the event loop. Raises
         ``LookupError`` if ``kid`` is not (or no longer) the active key: mint again."""
         active = self._view.active
@@ -184,9 +190,36 @@ class TransitKeyProvider:
             raise LookupError(f"key {kid!r} is not the active signing key")
         return await self._signer.sign(active.version, signing_input)
 
-    def rotate(self, now: float, max_token_ttl: float) -> str:
-        """Blocking: rotate the Transit key and return the new version's kid (it signs at once,
-        or after ``activation_delay``)."""
+    async def rotate(self, now: float, max_token_ttl: float) -> str:
+        return await self._client.in_thread(lambda: self.rotate_blocking(now, max_token_ttl))
+
+    async def refresh(self, now: float) -> bool:
+        """Re-read the key's versions (rotations by other replicas or ``auto_rotate_period``)
+        and, with ``trim``, trim the versions no longer published; in the Vault client's
+        threads. Returns whether the active key changed."""
+        before = self._view.active.kid
+        self._view = self._plan(self._view.state, now)  # windows pass even when Vault is down
+        await self._client.in_thread(lambda: self.maintain_blocking(now))
+        return self._view.active.kid != before
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._signer.aclose()
+
+    # -- blocking steps (tools, and the threads of the coroutines above) ----------------------
+
+    def sign_blocking(self, kid: str, signing_input: bytes) -> bytes:
+        """One Transit request from the calling thread (tools; the broker awaits ``sign``)."""
+        active = self._view.active
+        if kid != active.kid:
+            raise LookupError(f"key {kid!r} is not the active signing key")
+        return self._signer.sign_blocking(active.version, signing_input)
+
+    def rotate_blocking(self, now: float, max_token_ttl: float) -> str:
+        """Rotate the Transit key and return the new version's kid (it signs at once, or after
+        ``activation_delay``)."""
         self._max_ttl = max(self._max_ttl, max_token_ttl)
         cfg = self._config
         self._client.call(
@@ -198,82 +231,30 @@ class TransitKeyProvider:
         log.info("transit: rotated %s/%s", cfg.mount, cfg.key)
         return self._view.state.versions[-1].kid
 
-    def prune(self, now: float) -> list[str]:
-        """Stop publishing versions whose last token has expired (memory only: no I/O, so the
-        core may call it from the event loop); ``maintain`` also trims them in Vault."""
-        self._view = self._plan(self._view.state, now)
-        published = {info.kid for info in self._view.infos}
-        gone = [
-            v.kid
-            for v in self._view.state.versions
-            if v.kid not in published and v.kid not in self._dropped
-        ]
-        self._dropped.update(gone)
-        return gone
-
-    # -- beyond the port -----------------------------------------------------------------------
-
-    def reload(self, now: float) -> bool:
-        """Follow rotations by other replicas (or ``auto_rotate_period``). On the event loop it
-        starts a refresh in the background and returns False at once (the next calls see the
-        result); elsewhere it refreshes (blocking) and returns whether the active key changed."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return self.refresh(now)
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = loop.create_task(self.refresh_async(now))
-            self._tasks.add(self._refreshing)
-            self._refreshing.add_done_callback(self._refreshed)
-        return False
-
-    def _refreshed(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("transit: background refresh failed: %s", task.exception())
-
-    def refresh(self, now: float) -> bool:
-        """Blocking: re-read the key's versions; return whether the active key changed."""
+    def refresh_blocking(self, now: float) -> bool:
+        """Re-read the key's versions; return whether the active key changed."""
         before = self._view.active.kid
         self._view = self._plan(self._read_state(), now)
         return self._view.active.kid != before
 
-    async def refresh_async(self, now: float) -> bool:
-        return await self._client.in_thread(lambda: self.refresh(now))
-
-    def maintain(self, now: float) -> list[str]:
-        """Blocking: refresh, then (with ``trim``) raise ``min_decryption_version`` and trim the
-        versions no longer published, so they can never verify or sign again. Returns the kids
-        trimmed in Vault."""
-        self.refresh(now)
+    def maintain_blocking(self, now: float) -> list[str]:
+        """Refresh, then (with ``trim``) raise ``min_decryption_version`` and trim the versions
+        no longer published, so they can never verify or sign again. Returns the kids trimmed
+        in Vault."""
+        self.refresh_blocking(now)
         state = self._view.state
         published = {info.kid for info in self._view.infos}
         gone = [v for v in state.versions if v.kid not in published]
         if not gone or not self._config.trim:
             return []
         self._trim(min(v.version for v in state.versions if v.kid in published), state)
-        self.refresh(now)
+        self.refresh_blocking(now)
+        log.info("transit: trimmed %d retired version(s)", len(gone))
         return [v.kid for v in gone]
-
-    async def maintain_async(self, now: float) -> list[str]:
-        return await self._client.in_thread(lambda: self.maintain(now))
-
-    async def rotate_async(self, now: float, max_token_ttl: float) -> str:
-        return await self._client.in_thread(lambda: self.rotate(now, max_token_ttl))
-
-    def keys(self) -> list[KeyInfo]:
-        """Metadata of every published key, the active one first."""
-        return list(self._view.infos)
 
     def versions(self) -> dict[str, int]:
         """kid -> Transit key version, for operators."""
         return {v.kid: v.version for v in self._view.state.versions}
-
-    async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._signer.aclose()
 
     def __repr__(self) -> str:
         v = self._view

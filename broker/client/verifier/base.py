@@ -12,9 +12,9 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 
@@ -22,6 +22,7 @@ from broker._proto.broker.v1 import common_pb2, verifier_pb2, verifier_pb2_grpc
 from broker.client.sdk.channel import PathLike, WorkloadCredentials, secure_channel
 from broker.client.sdk.errors import error_from_rpc
 from broker.client.verifier.keys import KeyCache
+from broker.client.verifier.metrics import VerifierMetrics
 from broker.core.canonical import args_sha256 as digest_of
 from broker.core.canonical import check_sha256_hex
 from broker.core.clock import Clock, SystemClock
@@ -33,6 +34,7 @@ from broker.core.tokens.jws import ES256, decode_unverified
 from broker.core.tokens.keys import KeySet
 from broker.core.tokens.verify import verify_token
 
+T = TypeVar("T")
 log = logging.getLogger("broker.client.verifier")
 
 TAINT_OF_PB = {
@@ -143,6 +145,7 @@ class BaseVerifier:
         key: PathLike | None = None,
         credentials: WorkloadCredentials | None = None,
         settings: VerifierSettings | None = None,
+        metrics: VerifierMetrics | None = None,
         clock: Clock | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -154,6 +157,7 @@ class BaseVerifier:
         self.address = address
         self.identity = str(identity.spiffe_id)
         self.settings = settings or VerifierSettings()
+        self.metrics = metrics  # opt-in counters (broker.client.verifier.metrics)
         self.issuer = self.settings.issuer or f"spiffe://{identity.spiffe_id.trust_domain}/broker"
         self.clock: Clock = clock or SystemClock()
         self.monotonic = monotonic
@@ -170,6 +174,25 @@ class BaseVerifier:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.identity!r}, broker={self.address!r})"
+
+    async def _counted(self, step: Awaitable[T]) -> T:
+        """Await one verification, telling the metrics hook how it ended."""
+        try:
+            result = await step
+        except BaseException as exc:
+            self._count(exc)
+            raise
+        self._count(None)
+        return result
+
+    def _count(self, exc: BaseException | None) -> None:
+        """Tell the metrics hook (if any) how one verification ended."""
+        if self.metrics is None:
+            return
+        if exc is None:
+            self.metrics.verification(self.mode, "accepted", "")
+        elif isinstance(exc, BrokerError):
+            self.metrics.verification(self.mode, "rejected", exc.reason.value)
 
     # -- life cycle --------------------------------------------------------------------------
 

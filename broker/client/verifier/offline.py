@@ -131,6 +131,9 @@ class OfflineVerifier(BaseVerifier):
     # -- verification --------------------------------------------------------------------------
 
     async def authenticate(self, token: str) -> TokenClaims:
+        return await self._counted(self._authenticate(token))
+
+    async def _authenticate(self, token: str) -> TokenClaims:
         """All checks but the call binding and single use (for the HTTP layer, which does not
         know the tool call yet). Does not consume the credential."""
         self.freshness.check(self.monotonic())
@@ -147,6 +150,18 @@ class OfflineVerifier(BaseVerifier):
         arguments: Mapping[str, Any] | None = None,
         args_sha256: str | None = None,
         presenter_cert_sha256: str | None = None,
+    ) -> VerifiedCall:
+        return await self._counted(
+            self._verify(token, tool, arguments, args_sha256, presenter_cert_sha256)
+        )
+
+    async def _verify(
+        self,
+        token: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None,
+        args_sha256: str | None,
+        presenter_cert_sha256: str | None,
     ) -> VerifiedCall:
         """Verify ``token`` for this call of ``tool`` with ``arguments`` (or their
         ``args_sha256``) and consume it. Raises ``Unauthenticated`` with the reason."""
@@ -172,6 +187,9 @@ class OfflineVerifier(BaseVerifier):
             log.info("revocation: %s %s (%s)", event.kind, event.subject, event.reason)
         now = self.monotonic()
         self.freshness.touch(now)
+        if self.metrics is not None:
+            lag = self.clock.now() - event.revoked_at if event.kind != "heartbeat" else None
+            self.metrics.feed_message(event.kind, lag)
         if now - self._pruned_at >= PRUNE_EVERY:
             self._pruned_at = now
             self.revocations.prune(self.clock.now())
@@ -192,6 +210,8 @@ class OfflineVerifier(BaseVerifier):
             await asyncio.sleep(backoff * (0.5 + random.random() / 2))  # noqa: S311 - jitter
             backoff = min(backoff * 2, s.backoff_max)
             self.reconnects += 1
+            if self.metrics is not None:
+                self.metrics.feed_reconnect()
 
     async def _follow_once(self) -> bool:
         """One subscription, until it fails or goes silent; whether it delivered anything."""

@@ -32,6 +32,9 @@ class OnlineVerifier(BaseVerifier):
     mode = "online"
 
     async def authenticate(self, token: str) -> TokenClaims:
+        return await self._counted(self._authenticate(token))
+
+    async def _authenticate(self, token: str) -> TokenClaims:
         claims = await self._authenticated(token)
         self._maybe_refresh_keys()
         return claims
@@ -44,6 +47,18 @@ class OnlineVerifier(BaseVerifier):
         arguments: Mapping[str, Any] | None = None,
         args_sha256: str | None = None,
         presenter_cert_sha256: str | None = None,
+    ) -> VerifiedCall:
+        return await self._counted(
+            self._verify(token, tool, arguments, args_sha256, presenter_cert_sha256)
+        )
+
+    async def _verify(
+        self,
+        token: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None,
+        args_sha256: str | None,
+        presenter_cert_sha256: str | None,
     ) -> VerifiedCall:
         digest = call_digest(arguments, args_sha256)
         try:

@@ -5,7 +5,7 @@ The short path is the safe one: ``mint_token`` to sign, ``verify_token`` to chec
 
     jws.py      RFC 7515 compact JWS, RFC 7518/8037 signatures, decode_unverified
     jwk.py      SigningKey, PublicKey (JWK, RFC 7638 kid), KeySet (what verifiers trust)
-    keys.py     the KeyProvider port (the file key ring is broker.adapters.keys)
+    keys.py     Signer, AsyncSigner, KeyInfo, PublishedKey (the key port is broker.app.ports)
     claims.py   TokenClaims, AuthorizationDetail, mint_token
     verify.py   verify_token
 """
@@ -21,7 +21,7 @@ from broker.core.tokens.claims import (
 )
 from broker.core.tokens.jwk import KeySet, PublicKey, SigningKey
 from broker.core.tokens.jws import EDDSA, ES256, MAX_TOKEN_BYTES, SUPPORTED_ALGS
-from broker.core.tokens.keys import KeyInfo, KeyProvider
+from broker.core.tokens.keys import AsyncSigner, KeyInfo, PublishedKey, Signer
 from broker.core.tokens.verify import DEFAULT_LEEWAY, verify_token
 
 __all__ = [
@@ -33,11 +33,13 @@ __all__ = [
     "SUPPORTED_ALGS",
     "TAINTS",
     "TOKEN_TYPE",
+    "AsyncSigner",
     "AuthorizationDetail",
     "KeyInfo",
-    "KeyProvider",
     "KeySet",
     "PublicKey",
+    "PublishedKey",
+    "Signer",
     "SigningKey",
     "TokenClaims",
     "mint_token",

@@ -25,7 +25,7 @@ from typing import Any
 
 from broker.core.errors import Reason, Unauthenticated
 from broker.core.tokens.jws import b64url_encode, sign_compact, sign_compact_async
-from broker.core.tokens.keys import AsyncSigning, KeyProvider
+from broker.core.tokens.keys import AsyncSigner, Signer
 
 TOKEN_TYPE = "task+jwt"  # noqa: S105 - a media type, not a password
 DETAIL_TYPE = "tool_call"
@@ -253,39 +253,32 @@ def _delegation_chain(act: object) -> tuple[str, ...]:
         act = act["act"]
 
 
-def mint_token(claims: TokenClaims, provider: KeyProvider) -> str:
-    """Sign ``claims`` with the provider's active key: header ``{alg, typ: task+jwt, kid}``."""
+def mint_token(claims: TokenClaims, signer: Signer) -> str:
+    """Sign ``claims`` with the signer's active key: header ``{alg, typ: task+jwt, kid}``."""
     payload = claims.to_payload()
     try:
-        return _sign_with_active_key(payload, provider)
+        return _sign_with_active_key(payload, signer)
     except LookupError:  # a rotation between active_kid() and sign(): once more, with the new key
-        return _sign_with_active_key(payload, provider)
+        return _sign_with_active_key(payload, signer)
 
 
-def _sign_with_active_key(payload: dict[str, Any], provider: KeyProvider) -> str:
-    kid = provider.active_kid()
-    header = {"alg": provider.alg, "typ": TOKEN_TYPE, "kid": kid}
-    return sign_compact(header, payload, partial(provider.sign, kid))
+def _sign_with_active_key(payload: dict[str, Any], signer: Signer) -> str:
+    kid = signer.active_kid()
+    header = {"alg": signer.alg, "typ": TOKEN_TYPE, "kid": kid}
+    return sign_compact(header, payload, partial(signer.sign, kid))
 
 
-async def mint_token_async(claims: TokenClaims, provider: KeyProvider) -> str:
-    """``mint_token`` for the event loop. A provider whose signature is a network call (Vault
-    Transit) also has ``async def sign_async`` (``AsyncSigning``): it is awaited, so a mint never
-    blocks the loop. Any other provider signs in place, exactly as ``mint_token``."""
-    # getattr costs ~0.1 us; isinstance on a runtime Protocol ~16 us, a third of a local mint
-    sign_async: AsyncSigning | None = getattr(provider, "sign_async", None)
-    if sign_async is None:
-        return mint_token(claims, provider)
+async def mint_token_async(claims: TokenClaims, signer: AsyncSigner) -> str:
+    """``mint_token`` for the event loop: the signature is awaited (the broker's key port,
+    ``broker.app.ports.KeyProvider``; Vault Transit signs over the network)."""
     payload = claims.to_payload()
     try:
-        return await _sign_with_active_key_async(payload, provider, sign_async)
+        return await _sign_with_active_key_async(payload, signer)
     except LookupError:  # a rotation between active_kid() and the signature: once more
-        return await _sign_with_active_key_async(payload, provider, sign_async)
+        return await _sign_with_active_key_async(payload, signer)
 
 
-async def _sign_with_active_key_async(
-    payload: dict[str, Any], provider: KeyProvider, sign_async: AsyncSigning
-) -> str:
-    kid = provider.active_kid()
-    header = {"alg": provider.alg, "typ": TOKEN_TYPE, "kid": kid}
-    return await sign_compact_async(header, payload, partial(sign_async, kid))
+async def _sign_with_active_key_async(payload: dict[str, Any], signer: AsyncSigner) -> str:
+    kid = signer.active_kid()
+    header = {"alg": signer.alg, "typ": TOKEN_TYPE, "kid": kid}
+    return await sign_compact_async(header, payload, partial(signer.sign, kid))

@@ -113,7 +113,7 @@ class Harness:
         """The token's claims, checked as an offline verifier would (consumes nothing)."""
         return verify_token(
             granted.token,
-            keys=self.broker.keyset(),
+            keys=self.broker.keyring.keyset(),
             allowed_algs=frozenset({self.broker.keys.alg}),
             issuer=ISSUER,
             audience=REGISTRY.server(server).spiffe_id,

@@ -255,20 +255,24 @@ class DecideApprovalResponse(_message.Message):
     def __init__(self, approval: _Optional[_Union[Approval, _Mapping]] = ...) -> None: ...
 
 class SigningKey(_message.Message):
-    __slots__ = ("kid", "alg", "active", "created_at", "retired_at", "publish_until")
+    __slots__ = ("kid", "alg", "active", "created_at", "retired_at", "publish_until", "transit_version", "replica")
     KID_FIELD_NUMBER: _ClassVar[int]
     ALG_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     RETIRED_AT_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    TRANSIT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     kid: str
     alg: str
     active: bool
     created_at: _timestamp_pb2.Timestamp
     retired_at: _timestamp_pb2.Timestamp
     publish_until: _timestamp_pb2.Timestamp
-    def __init__(self, kid: _Optional[str] = ..., alg: _Optional[str] = ..., active: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    transit_version: int
+    replica: str
+    def __init__(self, kid: _Optional[str] = ..., alg: _Optional[str] = ..., active: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., retired_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., publish_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transit_version: _Optional[int] = ..., replica: _Optional[str] = ...) -> None: ...
 
 class ListSigningKeysRequest(_message.Message):
     __slots__ = ()
