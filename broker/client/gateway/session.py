@@ -114,7 +114,7 @@ class Session:
             await asyncio.sleep(max(0.0, self.task_expires_at - lead - time.time()))
             if self.ended:
                 return
-            old = self.task_id
+            old, old_expiry = self.task_id, self.task_expires_at
             async with self._task_lock:
                 try:
                     taint, _ = await self.hub.link.preview_tools(old, [])
@@ -135,6 +135,13 @@ class Session:
             self._retiring.add(old)
             loop = asyncio.get_running_loop()
             loop.call_later(RENEW_GRACE, self._retire, old)
+            if self.task_expires_at <= old_expiry + 1.0:  # no later expiry: never spin
+                log.warning(
+                    "the renewed task expires no later than the one it replaced: is the "
+                    "broker's clock behind this machine's? next renewal in %g s",
+                    RENEW_BEFORE,
+                )
+                await asyncio.sleep(RENEW_BEFORE)
 
     def _retire(self, task_id: str) -> None:
         """End a replaced task once calls in flight with its credentials had time to finish."""
