@@ -71,6 +71,9 @@ class Config:
     quota_per_task: int = 64
     quota_per_agent: int = 1024
     max_delegation_depth: int = 3
+    max_live_tasks_per_agent: int = 256
+    require_registered_agents: bool = False
+    max_pending_per_agent: int = 64
     store_timeout: float = 0.5
     audit_sinks: tuple[str, ...] = ("stdout",)
     approval_ttl: float = 600.0  # approvals.ttl_seconds: to decide, then to use, an approval
@@ -99,12 +102,18 @@ _KNOWN: dict[str, tuple[str, ...] | None] = {
     "metrics": ("listen",),
     "tls": ("cert", "key", "bundle"),
     "tokens": ("alg", "keys_dir", "leeway_seconds", "share_keys"),
-    "tasks": ("max_ttl_seconds", "default_ttl_seconds", "max_delegation_depth"),
+    "tasks": (
+        "max_ttl_seconds",
+        "default_ttl_seconds",
+        "max_delegation_depth",
+        "max_live_per_agent",
+        "require_registered_agents",
+    ),
     "quotas": ("per_task", "per_agent"),
     "store_options": ("timeout_seconds",),
     "audit": ("sinks",),
     "vault": None,  # validated by broker.adapters.vault.config
-    "approvals": ("ttl_seconds",),
+    "approvals": ("ttl_seconds", "max_pending_per_agent"),
 }
 
 
@@ -194,6 +203,15 @@ def _str(data: Mapping[str, Any], key: str, dotted: str, default: str | None = N
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(dotted, f"must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def _bool(data: Mapping[str, Any], key: str, dotted: str, default: bool) -> bool:
+    value = data.get(key, default)
+    if isinstance(value, str) and value.lower() in ("true", "false"):  # from --set / env
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ConfigError(dotted, f"must be true or false, got {value!r}")
+    return value
 
 
 def _num(data: Mapping[str, Any], key: str, dotted: str, default: float, lo: float) -> float:
@@ -311,6 +329,21 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
         task_default_ttl=default_ttl,
         max_delegation_depth=int(
             _num(tasks, "max_delegation_depth", "tasks.max_delegation_depth", 3, 0)
+        ),
+        max_live_tasks_per_agent=int(
+            _num(tasks, "max_live_per_agent", "tasks.max_live_per_agent", 256, 1)
+        ),
+        require_registered_agents=_bool(
+            tasks, "require_registered_agents", "tasks.require_registered_agents", False
+        ),
+        max_pending_per_agent=int(
+            _num(
+                _section(data, "approvals"),
+                "max_pending_per_agent",
+                "approvals.max_pending_per_agent",
+                64,
+                1,
+            )
         ),
         quota_per_task=int(_num(quotas, "per_task", "quotas.per_task", 64, 1)),
         quota_per_agent=int(_num(quotas, "per_agent", "quotas.per_agent", 1024, 1)),

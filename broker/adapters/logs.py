@@ -27,6 +27,8 @@ from contextvars import ContextVar
 
 import orjson
 
+from broker.core.text import printable
+
 _JWS = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 _VAULT_TOKEN = re.compile(r"\b(?:hv[sbr]\.[A-Za-z0-9_-]{20,}|s\.[A-Za-z0-9]{24})\b")
 _PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
@@ -57,7 +59,13 @@ def set_process_fields(**fields: object) -> None:
 
 
 class RedactingFormatter(logging.Formatter):
-    """Redacts the finished line, tracebacks included (the filter sees only the message)."""
+    """Redacts the finished line, tracebacks included (the filter sees only the message), and
+    escapes control, bidi and zero-width characters in the message (``broker.core.text``):
+    text an agent wrote cannot start a forged log line or act on the terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))

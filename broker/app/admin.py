@@ -5,16 +5,20 @@ No gRPC here (``broker.rpc.admin_servicer`` converts); it works on the same inje
 uses.
 
 Revocation (DESIGN.md): an operator revokes by task, agent, server, tier or "issued before T".
-Each is O(tasks), never O(credentials): the tasks in scope are ended (their state is the
-tombstone every credential of theirs is checked against), with their live sub-tasks, and one
-revocation event per ended task is published by the store. Revoking an agent, server, tier or
-"issued before T" also publishes ONE floor event for offline verifiers, which then reject every
-token of that scope issued before ``revoked_at`` (kind ``agent``: subject = agent SPIFFE ID,
-``server``: server SPIFFE ID, ``tier``: the tier number, ``issued_before``: ``*``).
 
-A dry run computes the same set of tasks the revoke would end (the live tasks in scope and every
-sub-task below them whose state is still active) and their live credentials, and changes
-nothing. Every revoke, dry or not, is audited.
+- A task: the task and its live sub-tasks are ended (their state is the tombstone every
+  credential of theirs is checked against); one revocation event per ended task.
+- An agent, a server or a tier: a kill switch that persists (``broker.core.blocks``). ONE block
+  record in the store and ONE feed event, O(1) store calls whatever the subject holds: every task
+  of the subject created and token issued up to now is revoked, and nothing new is started or
+  minted for it (BeginTask, RequestCredential, verification online and offline) until the block
+  ends (``duration``) or an operator lifts it (``lift_block``). "Issued before T" is a floor
+  only. The store checks the records inside mint and consume; offline verifiers get them on the
+  feed (and as a snapshot when they subscribe from now).
+
+A dry run computes the tasks the revoke reaches (the live tasks in scope and every sub-task
+below them whose state is still active) and their live credentials, and changes nothing. Every
+revoke, dry or not, and every lift is audited.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.recent import AuditSource
 from broker.core.audit.record import AuditEvent, AuditEventName, ChainedRecord
+from broker.core.blocks import ALL_SUBJECTS, Block, BlockKind, new_block, task_revoked
 from broker.core.errors import BrokerError, ConfigError, InvalidRequest, NotFound, Reason
 from broker.core.model import CredentialRecord, RevocationKind, TaskRecord, TaskState
 from broker.core.registry import TIER_MAX_TTL, TIERS
@@ -38,6 +43,7 @@ from broker.core.tokens.keys import KeyInfo
 log = logging.getLogger("broker.app.admin")
 
 MAX_LIST = 1000
+MAX_BLOCK_SECONDS = 366 * 86400
 ALL_TASKS = 1_000_000  # list_tasks limit when collecting a revoke's scope
 AUDIT_SCAN = 5000  # recent audit records searched for a task's records (GetTask)
 
@@ -63,6 +69,7 @@ class RevokeResult:
     dry_run: bool
     task_ids: tuple[str, ...]  # ended (or that would be), sorted
     live_credentials: int  # live credentials among them
+    block: Block | None = None  # the kill switch now in force (agent, server, tier, time)
 
 
 @dataclass(frozen=True)
@@ -100,9 +107,11 @@ class Admin:
             now=now,
             limit=ALL_TASKS if server_id else limit,
         )
+        blocks = await self._b.store.list_blocks(now)
         out: list[TaskView] = []
         for task in tasks:
-            view = self._view(task, await self._b.store.list_credentials(task.task_id), now)
+            creds = await self._b.store.list_credentials(task.task_id)
+            view = self._view(task, creds, now, blocks)
             if not server_id or server_id in view.servers:
                 out.append(view)
                 if len(out) >= limit:
@@ -116,11 +125,18 @@ class Admin:
         found = await self._b.store.list_approvals(task_id=task_id, now=now)
         records = [r async for r in self._source.tail(AUDIT_SCAN, False)]
         mine = [r for r in records if r.body.get("task") == task_id]
-        return TaskDetail(self._view(task, creds, now), creds, found, mine)
+        blocks = await self._b.store.list_blocks(now)
+        return TaskDetail(self._view(task, creds, now, blocks), creds, found, mine)
 
     @staticmethod
-    def _view(task: TaskRecord, creds: Sequence[CredentialRecord], now: float) -> TaskView:
+    def _view(
+        task: TaskRecord, creds: Sequence[CredentialRecord], now: float, blocks: Sequence[Block]
+    ) -> TaskView:
         state = task.state_at(now)
+        if state is TaskState.ACTIVE and task_revoked(
+            blocks, (task.agent, *task.act), task.created_at
+        ):
+            state = TaskState.REVOKED  # by a kill switch's floor (its record says ACTIVE)
         live = 0
         if state is TaskState.ACTIVE:
             live = sum(1 for c in creds if not c.consumed and c.expires_at > now)
@@ -155,36 +171,42 @@ class Admin:
         )
 
     async def revoke_agent(
-        self, peer: PeerIdentity, agent: str, *, reason: str, dry_run: bool
+        self, peer: PeerIdentity, agent: str, *, reason: str, dry_run: bool, duration: float = 0
     ) -> RevokeResult:
         if not agent:
             raise InvalidRequest("agent", "is required (a SPIFFE ID or an agent name)")
         agent_id = self._agent_id(agent)
+        if not dry_run:
+            return await self._block(peer, BlockKind.AGENT, agent_id, reason, duration=duration)
         now = self._b.clock.now()
         tasks = await self._b.store.list_tasks(
             agent=agent_id, state=TaskState.ACTIVE, now=now, limit=ALL_TASKS
         )
         roots = [t.task_id for t in tasks]
         return await self._revoke(
-            peer, RevocationKind.AGENT, agent_id, roots, reason=reason, dry_run=dry_run
+            peer, RevocationKind.AGENT, agent_id, roots, reason=reason, dry_run=True
         )
 
     async def revoke_server(
-        self, peer: PeerIdentity, server: str, *, reason: str, dry_run: bool
+        self, peer: PeerIdentity, server: str, *, reason: str, dry_run: bool, duration: float = 0
     ) -> RevokeResult:
         if not server:
             raise InvalidRequest("server", "is required (a SPIFFE ID or a registry name)")
         server_id = self._b.registry.server(server).spiffe_id
+        if not dry_run:
+            return await self._block(peer, BlockKind.SERVER, server_id, reason, duration=duration)
         roots = await self._b.store.tasks_with_server(server_id, self._b.clock.now())
         return await self._revoke(
-            peer, RevocationKind.SERVER, server_id, roots, reason=reason, dry_run=dry_run
+            peer, RevocationKind.SERVER, server_id, roots, reason=reason, dry_run=True
         )
 
     async def revoke_tier(
-        self, peer: PeerIdentity, tier: int, *, reason: str, dry_run: bool
+        self, peer: PeerIdentity, tier: int, *, reason: str, dry_run: bool, duration: float = 0
     ) -> RevokeResult:
         if tier not in TIERS:
             raise InvalidRequest("tier", f"must be one of {', '.join(map(str, TIERS))}")
+        if not dry_run:
+            return await self._block(peer, BlockKind.TIER, str(tier), reason, duration=duration)
         now = self._b.clock.now()
         roots: dict[str, None] = {}
         for entry in self._b.registry.servers:
@@ -193,7 +215,7 @@ class Admin:
                     dict.fromkeys(await self._b.store.tasks_with_server(entry.spiffe_id, now))
                 )
         return await self._revoke(
-            peer, RevocationKind.TIER, str(tier), list(roots), reason=reason, dry_run=dry_run
+            peer, RevocationKind.TIER, str(tier), list(roots), reason=reason, dry_run=True
         )
 
     async def revoke_issued_before(
@@ -204,17 +226,109 @@ class Admin:
             raise InvalidRequest("issued_before", "is required (a time)")
         if before > now:
             raise InvalidRequest("issued_before", "is in the future: that would revoke every task")
+        if not dry_run:
+            return await self._block(
+                peer, BlockKind.ISSUED_BEFORE, ALL_SUBJECTS, reason, floor=before
+            )
         tasks = await self._b.store.list_tasks(state=TaskState.ACTIVE, now=now, limit=ALL_TASKS)
-        roots = [t.task_id for t in tasks if t.created_at < before]
+        roots = [t.task_id for t in tasks if t.created_at <= before]
         return await self._revoke(
             peer,
             RevocationKind.ISSUED_BEFORE,
             "*",
             roots,
             reason=reason,
-            dry_run=dry_run,
+            dry_run=True,
             floor=before,
         )
+
+    # -- kill switches (broker.core.blocks) ----------------------------------------------------
+
+    def _retention(self) -> float:
+        """How long a floor matters: the longest task, plus its longest token, plus leeway."""
+        limits = self._b.limits
+        return limits.task_max_ttl + max(TIER_MAX_TTL.values()) + 2 * limits.leeway
+
+    async def _block(
+        self,
+        peer: PeerIdentity,
+        kind: BlockKind,
+        subject: str,
+        reason: str,
+        *,
+        duration: float = 0,
+        floor: float | None = None,
+    ) -> RevokeResult:
+        """O(1) store calls whatever the subject holds: one block record, one feed event."""
+        check_text(reason, "reason", MAX_TEXT)
+        if not 0 <= duration <= MAX_BLOCK_SECONDS:
+            raise InvalidRequest("duration", f"must be 0 (until lifted) to {MAX_BLOCK_SECONDS} s")
+        reason = reason.strip() or f"revoked by {peer.spiffe_id}"
+        now = self._b.clock.now()
+        block = new_block(
+            kind,
+            subject,
+            now=now,
+            floor=floor,
+            duration=duration,
+            by=str(peer.spiffe_id),
+            reason=reason,
+            retention=self._retention(),
+        )
+        stored = await self._b.store.put_block(block, now=now)  # enforced from here on
+        revocation = RevocationKind(kind.value)
+        await self._b.store.publish_revocation(  # offline verifiers
+            revocation,
+            subject,
+            stored.floor,
+            reason,
+            blocked=stored.blocked,
+            until=stored.until,
+        )
+        result = RevokeResult(False, (), 0, stored)
+        self._audit_revoke(peer, revocation, subject, result, reason, floor)
+        return result
+
+    async def list_blocks(self) -> list[Block]:
+        now = self._b.clock.now()
+        found = await self._b.store.list_blocks(now)
+        return sorted(found, key=lambda b: (b.created_at, b.kind, b.subject))
+
+    async def lift_block(self, peer: PeerIdentity, kind: str, subject: str, reason: str) -> Block:
+        """End a block now; its floor moves up to now (what it revoked stays revoked)."""
+        check_text(reason, "reason", MAX_TEXT, required=True)
+        try:
+            block_kind = BlockKind(kind)
+        except ValueError:
+            raise InvalidRequest(
+                "kind", f"must be one of {', '.join(k.value for k in BlockKind)}"
+            ) from None
+        if block_kind is BlockKind.AGENT:
+            subject = self._agent_id(subject)
+        elif block_kind is BlockKind.SERVER and not subject.startswith("spiffe://"):
+            subject = self._b.registry.server(subject).spiffe_id
+        now = self._b.clock.now()
+        current = next(
+            (b for b in await self._b.store.list_blocks(now) if b.key == (kind, subject)), None
+        )
+        if current is None or not current.blocks(now):
+            raise NotFound(f"no block in force for {kind} {subject}")
+        lifted = current.lifted(
+            now, by=str(peer.spiffe_id), reason=reason, retention=self._retention()
+        )
+        stored = await self._b.store.put_block(lifted, now=now)
+        await self._b.store.publish_revocation(
+            RevocationKind(block_kind.value), subject, stored.floor, reason
+        )
+        self._audit(
+            AuditEventName.BLOCK_LIFT,
+            peer,
+            server=subject if kind == BlockKind.SERVER else None,
+            reason=reason,
+            outcome="lifted",
+            extra={"kind": kind, "subject": subject, "floor": stored.floor},
+        )
+        return stored
 
     async def _revoke(
         self,
@@ -237,10 +351,6 @@ class Admin:
             result = RevokeResult(True, tuple(ids), live)
             self._audit_revoke(peer, kind, subject, result, reason, floor)
             return result
-        if (
-            kind is not RevocationKind.TASK
-        ):  # one floor event: offline verifiers cut every token of the scope
-            await store.publish_revocation(kind, subject, now if floor is None else floor, reason)
         ended: set[str] = set()
         killed = 0
         try:
@@ -300,6 +410,11 @@ class Admin:
         }
         if floor is not None:
             extra["issued_before"] = floor
+        if result.block is not None:
+            extra["floor"] = result.block.floor
+            extra["blocked"] = result.block.blocked
+            if result.block.until:
+                extra["blocked_until"] = result.block.until
         self._audit(
             AuditEventName.revoke(kind),
             peer,

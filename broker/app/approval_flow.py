@@ -29,11 +29,13 @@ class ApprovalFlow:
         *,
         ttl: float = approvals.DEFAULT_TTL,
         max_pending: int = approvals.MAX_PENDING_PER_TASK,
+        max_pending_per_agent: int = 0,
     ) -> None:
         self._store = store
         self._audit = audit
         self._ttl = ttl
         self._max_pending = max_pending
+        self._max_pending_per_agent = max_pending_per_agent
 
     async def ask(
         self,
@@ -60,7 +62,12 @@ class ApprovalFlow:
             justification=req.justification,
             prompt_sha256=req.prompt_sha256,
         )
-        got = await self._store.create_approval(wanted, now=now, max_pending=self._max_pending)
+        got = await self._store.create_approval(
+            wanted,
+            now=now,
+            max_pending=self._max_pending,
+            max_pending_per_agent=self._max_pending_per_agent,
+        )
         if got.approval_id == wanted.approval_id:
             self._audit(
                 AuditEventName.APPROVAL_REQUEST,

@@ -16,20 +16,22 @@ import asyncio
 import base64
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 from broker.app.approval_flow import ApprovalFlow
 from broker.app.audit import Auditor
 from broker.app.keyring import SigningKeys
-from broker.app.ports import KeyProvider, Quotas, Store
+from broker.app.ports import KeyProvider, Quotas, Store, TaintRose
 from broker.app.secrets import SecretBroker
 from broker.app.tracing import traced, traced_call
 from broker.core import approvals
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.record import AuditEvent, AuditEventName
+from broker.core.blocks import blocking, covering, refusal, task_revoked
 from broker.core.clock import Clock
 from broker.core.errors import (
+    BrokerError,
     FailedPrecondition,
     InvalidRequest,
     NotFound,
@@ -39,7 +41,7 @@ from broker.core.errors import (
     Unauthenticated,
     VaultUnavailable,
 )
-from broker.core.ids import new_jti, new_task_id, task_of_jti
+from broker.core.ids import is_task_id, new_jti, new_task_id, task_of_jti
 from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
@@ -60,15 +62,20 @@ from broker.core.registry import (
     tier_ttl_cap,
 )
 from broker.core.requests import (
+    MAX_TEXT,
     BeginTask,
     CredentialRequest,
     Granted,
     Outcome,
     Pending,
+    Refusal,
     Verified,
     VerifyRequest,
+    check_refusals,
     check_task_id,
+    check_text,
 )
+from broker.core.secret import IssuedSecret
 from broker.core.spiffe import PeerIdentity
 from broker.core.tokens.claims import AuthorizationDetail, TokenClaims, mint_token_async
 from broker.core.tokens.verify import verify_token
@@ -79,6 +86,8 @@ log = logging.getLogger("broker.app.credentials")
 # Tasks are kept this long after their expiry, so that late verifications still find the
 # tombstone rather than nothing (which also fails, but with a less useful reason).
 TASK_RETENTION = 600.0
+ENDED_BY_AGENT = "ended by its agent"  # the reason EndTask gives the feed, whatever the outcome
+REFUSALS_PER_MINUTE = 6000  # verifier.refusal records one MCP server may write (per replica)
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,9 @@ class Limits:
     max_delegation_depth: int = 3
     approval_ttl: float = approvals.DEFAULT_TTL
     max_pending_approvals: int = approvals.MAX_PENDING_PER_TASK
+    max_pending_per_agent: int = 64  # pending approvals of one agent, across its tasks
+    max_live_tasks_per_agent: int = 256
+    require_registered_agents: bool = False  # refuse BeginTask of agents not in the registry
 
 
 class Broker:
@@ -118,6 +130,7 @@ class Broker:
             self._audit,
             ttl=self.limits.approval_ttl,
             max_pending=self.limits.max_pending_approvals,
+            max_pending_per_agent=self.limits.max_pending_per_agent,
         )
         self.secrets = (
             secrets  # downstream secrets from Vault (broker.adapters.vault); None: no Vault
@@ -126,6 +139,7 @@ class Broker:
         self.keyring = keyring or SigningKeys(
             keys, store, clock, max_token_ttl=float(max(TIER_MAX_TTL.values()))
         )
+        self._refusals_written: dict[str, tuple[int, int]] = {}  # server -> (minute, records)
 
     @property
     def registry(self) -> Registry:
@@ -136,15 +150,39 @@ class Broker:
     # -- AgentService ------------------------------------------------------------------------
 
     async def begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
+        try:
+            return await self._begin_task(peer, req)
+        except BrokerError as exc:  # every refusal leaves a record (docs/audit.md)
+            self._refused(
+                AuditEventName.TASK_REFUSED,
+                peer,
+                exc,
+                task=req.parent_task_id or None,  # (validated: a task id or empty)
+                extra={"parent": bool(req.parent_task_id), "plan_steps": len(req.plan)},
+            )
+            raise
+
+    async def _begin_task(self, peer: PeerIdentity, req: BeginTask) -> TaskRecord:
         now = self.clock.now()
         agent = str(peer.spiffe_id)
+        if self.limits.require_registered_agents and self.registry.agent(agent) is None:
+            raise PermissionDenied(
+                f"{agent} is not in the registry, and this broker only serves registered "
+                "agents (tasks.require_registered_agents)",
+                Reason.ROLE_NOT_ALLOWED,
+            )
         plan = tuple(self._plan_step(i, ref, tool) for i, (ref, tool) in enumerate(req.plan))
         ttl = float(req.ttl_seconds) if req.ttl_seconds else self.limits.task_default_ttl
         expires_at = now + min(ttl, self.limits.task_max_ttl)
         depth, taint = 0, Taint.CLEAN
         act: tuple[str, ...] = ()
+        parent: TaskRecord | None = None
         if req.parent_task_id:
             parent = await self._task(req.parent_task_id, now, owner=None)
+            if not parent.may_delegate_to(agent):
+                # The parent did not name this agent: a task it may not use is reported as
+                # absent (ids are not an oracle), and its chain is never claimed.
+                raise NotFound(f"task {req.parent_task_id} not found", Reason.TASK_NOT_FOUND)
             depth = parent.depth + 1
             if depth > self.limits.max_delegation_depth:
                 raise PermissionDenied(
@@ -166,6 +204,14 @@ class Broker:
                             "parent task's plan",
                             Reason.OUTSIDE_PLAN,
                         )
+        # Kill switches: a blocked agent (or one above it in the chain) starts nothing new, and
+        # a parent task a floor revoked has no children.
+        blocks = await self.store.list_blocks(now)
+        block = blocking(blocks, (agent, *act), now)
+        if block is None and parent is not None:
+            block = task_revoked(blocks, act, parent.created_at)
+        if block is not None:
+            raise refusal(block, now, req.parent_task_id)
         task = TaskRecord(
             task_id=new_task_id(),
             agent=agent,
@@ -179,8 +225,13 @@ class Broker:
             depth=depth,
             act=act,
             taint=taint,
+            delegates=req.delegates,
         )
-        await self.store.create_task(task, retain_until=expires_at + TASK_RETENTION)
+        await self.store.create_task(
+            task,
+            retain_until=expires_at + TASK_RETENTION,
+            max_live_per_agent=self.limits.max_live_tasks_per_agent,
+        )
         self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})
         return task
 
@@ -188,6 +239,26 @@ class Broker:
         self, peer: PeerIdentity, req: CredentialRequest
     ) -> Granted | Pending:
         """A credential for one call, or a pending approval for it (then retried with its id)."""
+        try:
+            return await self._request_credential(peer, req)
+        except BrokerError as exc:
+            # A policy decision is on the record already (credential.decision); every other
+            # refusal (quota, kill switch, task ended or unknown, unknown server or tool,
+            # approval problems, the store) is recorded here.
+            if exc.reason not in (Reason.POLICY_DENIED, Reason.OUTSIDE_PLAN):
+                self._refused(
+                    AuditEventName.CREDENTIAL_REFUSED,
+                    peer,
+                    exc,
+                    task=req.task_id,
+                    args_sha256=req.args_sha256,
+                    extra={"server_asked": req.server, "tool_asked": req.tool},
+                )
+            raise
+
+    async def _request_credential(
+        self, peer: PeerIdentity, req: CredentialRequest
+    ) -> Granted | Pending:
         now = self.clock.now()
         task = await self._task(req.task_id, now, owner=str(peer.spiffe_id))
         server = self.registry.server(req.server)
@@ -199,10 +270,32 @@ class Broker:
                 f"{server.name}/{tool.name} is not in the plan declared at BeginTask",
                 Reason.OUTSIDE_PLAN,
             )
-        policy_request = _policy_request(task, server, tool, task.taint, now, in_plan=in_plan)
         approval: ApprovalRecord | None = None
         if req.approval_id:  # a retry: policy is evaluated as approved, then the approval used
             approval = await self.approvals.presented(peer, task, server, req, now)
+        # Taint only rises (clean -> untrusted -> suspect): at most two re-decisions.
+        for _ in range(len(Taint) - 1):
+            try:
+                return await self._decide_and_mint(peer, task, server, tool, req, approval, now)
+            except TaintRose as rose:
+                # A ReportOutcome raised the task's taint between this decision and its record
+                # (which refused it, atomically): decide again at the new taint. The token
+                # signed at the old one is dropped, never handed out.
+                task = replace(task, taint=rose.taint)
+        return await self._decide_and_mint(peer, task, server, tool, req, approval, now)
+
+    async def _decide_and_mint(
+        self,
+        peer: PeerIdentity,
+        task: TaskRecord,
+        server: ServerEntry,
+        tool: ToolEntry,
+        req: CredentialRequest,
+        approval: ApprovalRecord | None,
+        now: float,
+    ) -> Granted | Pending:
+        policy_request = _policy_request(task, server, tool, task.taint, now, in_plan=True)
+        if approval is not None:
             policy_request = replace(policy_request, approved=True)
         decision = traced_call("policy", self.policy.decide, policy_request)
         ids = tuple(decision.policy_ids)
@@ -268,6 +361,7 @@ class Broker:
             ),
             quotas=self.limits.quotas,
             now=now,
+            taint=task.taint,  # the decision's taint: refused if the task's rose since
         ))  # fmt: skip
         if approval is not None:
             # Used up only once the credential is signed and recorded, so that a failure of
@@ -285,11 +379,21 @@ class Broker:
         return Granted(token=token, jti=jti, expires_at=float(iat + ttl))
 
     async def end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
+        try:
+            return await self._end_task(peer, task_id, outcome)
+        except BrokerError as exc:
+            self._refused(AuditEventName.TASK_END, peer, exc, task=task_id or None)
+            raise
+
+    async def _end_task(self, peer: PeerIdentity, task_id: str, outcome: str) -> int:
         now = self.clock.now()
         check_task_id(task_id)
+        check_text(outcome, "outcome", MAX_TEXT)
         await self._task(task_id, now, owner=str(peer.spiffe_id), live=False)
+        # The feed (every verifier) and the store get a fixed reason: the agent's text only
+        # goes to the audit record (scrubbed there), never to other processes' logs.
         killed, ended = await self.store.end_task(
-            task_id, state=TaskState.ENDED, now=now, reason=outcome or "ended by agent"
+            task_id, state=TaskState.ENDED, now=now, reason=ENDED_BY_AGENT
         )
         self._audit(  # before the Vault step: the task has ended whatever Vault says
             AuditEventName.TASK_END,
@@ -299,7 +403,7 @@ class Broker:
             extra={"revoked_credentials": killed, "tasks_ended": len(ended)},
         )
         if self.secrets is not None:  # revoke the Vault leases of every task this ended
-            await self.secrets.revoke_tasks((task_id, *ended), outcome or "ended by agent")
+            await self.secrets.revoke_tasks((task_id, *ended), ENDED_BY_AGENT)
         return killed
 
     # -- VerifierService ---------------------------------------------------------------------
@@ -312,6 +416,7 @@ class Broker:
             if req.presenter_cert_sha256
             else None
         )
+        claims: TokenClaims | None = None
         try:
             claims = verify_token(
                 req.token,
@@ -326,6 +431,9 @@ class Broker:
                 presenter_x5t_s256=presenter,
             )
             task = await self._check_taint_since_mint(claims, now)
+            if req.check_only:
+                await self._check_unused(claims, task, now)
+                return self._verified(claims, audience, task, None)
             result = await self.store.consume_credential(claims.task, claims.jti, now)
             if result is ConsumeResult.REPLAYED:
                 raise Unauthenticated(
@@ -342,12 +450,27 @@ class Broker:
                     Reason.REVOKED,
                 )
         except Unauthenticated as exc:
-            self._audit(
-                AuditEventName.CREDENTIAL_VERIFY, peer, outcome="rejected", reason=exc.reason.value
+            # What is known of the refused credential: everything, once its signature verified.
+            if claims is None and isinstance(exc.claims, TokenClaims):
+                claims = exc.claims
+            known = {}
+            if claims is not None:
+                known = {
+                    "task": claims.task,
+                    "jti": claims.jti,
+                    "tool": claims.authorization_details[0].tool,
+                    "args_sha256": claims.authorization_details[0].args_sha256,
+                }
+            self._refused(
+                AuditEventName.CREDENTIAL_VERIFY,
+                peer,
+                exc,
+                outcome="rejected",
+                server=audience,
+                extra={"agent": claims.sub} if claims is not None else {"tool_asked": req.tool},
+                **known,
             )
             raise
-        # taint as read just before the consume (one store round trip fewer)
-        taint = task.taint if task else Taint.from_label(claims.taint)
         detail = claims.authorization_details[0]
         self._audit(
             AuditEventName.CREDENTIAL_CONSUME,
@@ -365,17 +488,103 @@ class Broker:
             if self.secrets is None:
                 raise VaultUnavailable(f"{detail.tool} needs a secret and no Vault is configured")
             secret = await self.secrets.issue(entry.secret, claims, now)
+        return self._verified(claims, audience, task, secret)
+
+    @staticmethod
+    def _verified(
+        claims: TokenClaims, audience: str, task: TaskRecord | None, secret: IssuedSecret | None
+    ) -> Verified:
+        # taint as read just before the consume (one store round trip fewer)
         return Verified(
             task_id=claims.task,
             agent=claims.sub,
             server=audience,
-            tool=detail.tool,
+            tool=claims.authorization_details[0].tool,
             tier=claims.tier,
-            taint=taint,
+            taint=task.taint if task else Taint.from_label(claims.taint),
             jti=claims.jti,
             expires_at=float(claims.exp),
             secret=secret,
         )
+
+    async def _check_unused(self, claims: TokenClaims, task: TaskRecord | None, now: float) -> None:
+        """What a consume would refuse, without consuming (``VerifyRequest.check_only``)."""
+        cred = await self.store.get_credential(claims.task, claims.jti)
+        if cred is None or task is None:
+            raise Unauthenticated(
+                "credential is not known to the broker's store: treated as revoked",
+                Reason.REVOKED,
+            )
+        if not task.is_live(now):
+            raise Unauthenticated(f"task {claims.task} has ended or was revoked", Reason.REVOKED)
+        if cred.consumed:
+            raise Unauthenticated("credential was already used: it verifies once", Reason.REPLAYED)
+        block = covering(
+            await self.store.list_blocks(now),
+            agents=(task.agent, *task.act),
+            server=cred.server,
+            tier=cred.tier,
+            issued_at=cred.issued_at,
+            now=now,
+        )
+        if block is not None:
+            raise Unauthenticated(block.describe(), Reason.REVOKED)
+
+    def report_refusals(
+        self, peer: PeerIdentity, refusals: tuple[Refusal, ...], dropped: int
+    ) -> int:
+        """Record what an offline verifier refused (``verifier.refusal``, one record each; the
+        actor is the verifier) and how many its buffer lost. Returns the records written."""
+        check_refusals(refusals)
+        server = str(peer.spiffe_id)
+        # A verifier cannot flood the trail: past its budget a batch is counted, not written.
+        allowed = self._refusal_budget(server, len(refusals))
+        dropped += len(refusals) - allowed
+        refusals = refusals[:allowed]
+        for r in refusals:
+            task = r.task_id if is_task_id(r.task_id) else None
+            jti = r.jti if task is not None and task_of_jti(r.jti) == task else None
+            reason = r.reason if r.reason in Reason.__members__ else "UNKNOWN"
+            extra: dict[str, str | int | float | bool] = {"mode": r.mode or "offline"}
+            if r.tool:
+                extra["tool"] = r.tool
+            if r.agent:
+                extra["agent"] = r.agent
+            if r.refused_at:
+                extra["refused_at"] = r.refused_at
+            self._audit(
+                AuditEventName.VERIFIER_REFUSAL,
+                peer,
+                server=server,
+                task=task,
+                jti=jti,
+                outcome="rejected",
+                reason=reason,
+                extra=extra,
+            )
+        if dropped:
+            self._audit(
+                AuditEventName.VERIFIER_REFUSALS_DROPPED,
+                peer,
+                server=server,
+                outcome="dropped",
+                extra={"dropped": dropped},
+            )
+        return len(refusals)
+
+    def _refusal_budget(self, server: str, wanted: int) -> int:
+        """How many of ``wanted`` refusal records ``server`` may still write this minute."""
+        minute = int(self.clock.now() // 60)
+        start, used = self._refusals_written.get(server, (minute, 0))
+        if start != minute:
+            used = 0
+        allowed = max(0, min(wanted, REFUSALS_PER_MINUTE - used))
+        self._refusals_written[server] = (minute, used + allowed)
+        if len(self._refusals_written) > 10_000:  # verifiers come and go: forget old minutes
+            self._refusals_written = {
+                k: v for k, v in self._refusals_written.items() if v[0] == minute
+            }
+        return allowed
 
     async def _check_taint_since_mint(self, claims: TokenClaims, now: float) -> TaskRecord | None:
         """Online twin of ``_recheck_live_credentials``, for a race with a taint report.
@@ -407,20 +616,15 @@ class Broker:
             # counting against the quotas and can no longer be verified online.
             await self.store.consume_credential(task_id, outcome.jti, self.clock.now())
         server = self.registry.server(cred.server)
-        untrusted = (
-            outcome.untrusted
-            if outcome.untrusted is not None
-            else server.content_trust is ContentTrust.UNTRUSTED
-        )
+        # The registry's "untrusted" is a floor: a server's report may raise trust concerns,
+        # never lower the operator's (a compromised server saying "trusted" changes nothing).
+        untrusted = server.content_trust is ContentTrust.UNTRUSTED or bool(outcome.untrusted)
         taint = Taint.CLEAN
         if untrusted:
             taint = Taint.UNTRUSTED
         if outcome.findings:
             taint = Taint.SUSPECT
-        before = await self.store.get_task(task_id)
-        new = await self.store.raise_taint(task_id, taint)
-        if before is not None and new > before.taint:
-            await self._recheck_live_credentials(peer, before, new)
+        new, tainted = await self.raise_taint(peer, task_id, taint)
         self._audit(
             AuditEventName.OUTCOME_REPORT,
             peer,
@@ -431,11 +635,53 @@ class Broker:
             outcome="succeeded" if outcome.succeeded else "failed",
             extra={
                 "taint": new.label,
+                "tainted_tasks": tainted,
                 "findings": ",".join(sorted({k for k, _ in outcome.findings})),
                 **({"result_sha256": outcome.result_sha256} if outcome.result_sha256 else {}),
             },
         )
         return new
+
+    async def raise_taint(
+        self, peer: PeerIdentity, task_id: str, taint: Taint
+    ) -> tuple[Taint, int]:
+        """Raise the task's taint to at least ``taint``, and with it every live task of its
+        delegation tree: what a sub-agent read reaches the agent it reports to, and what a task
+        read reaches the sub-agents working for it. Live credentials of each task whose taint
+        rose are decided again. Returns the task's taint after this and how many tasks rose."""
+        before = await self.store.get_task(task_id)
+        new = await self.store.raise_taint(task_id, taint)
+        tainted = 0
+        if before is None or new <= before.taint:
+            return new, tainted
+        tainted += 1
+        await self._recheck_live_credentials(peer, before, new)
+        # The whole delegation tree: up to its root, then every task below it (a tainted
+        # parent instructs its other sub-agents too). Depth is bounded by config.
+        root, seen = before, {task_id}
+        while root.parent_task_id and root.parent_task_id not in seen:
+            seen.add(root.parent_task_id)
+            up = await self.store.get_task(root.parent_task_id)
+            if up is None:
+                break
+            root = up
+        related: list[str] = [root.task_id] if root.task_id != task_id else []
+        pending = list(await self.store.list_sub_tasks(root.task_id))
+        while pending:
+            tid = pending.pop()
+            if tid in related or tid == task_id:
+                continue
+            related.append(tid)
+            pending.extend(await self.store.list_sub_tasks(tid))
+        now = self.clock.now()
+        for tid in related:
+            task = await self.store.get_task(tid)
+            if task is None or not task.is_live(now) or task.taint >= new:
+                continue
+            if await self.store.raise_taint(tid, new) > task.taint:
+                tainted += 1
+                await self._recheck_live_credentials(peer, task, new)
+        return new, tainted
 
     async def _recheck_live_credentials(
         self, peer: PeerIdentity, task: TaskRecord, taint: Taint
@@ -515,6 +761,30 @@ class Broker:
             policy_ids=policy_ids,
             extra={"taint": task.taint.label, "tier": server.tier},
         )
+
+    def _refused(
+        self,
+        event: AuditEventName,
+        peer: PeerIdentity,
+        exc: BrokerError,
+        *,
+        outcome: str = "refused",
+        extra: Mapping[str, str | int | float | bool] | None = None,
+        **ids: str | None,
+    ) -> None:
+        """Record a refusal: its reason code and message, and the ids known of it. An id the
+        record refuses (it came from the caller and looks like a credential, say) is dropped
+        rather than the record: the refusal stays on the trail."""
+        fields: dict[str, object] = {
+            "outcome": outcome,
+            "reason": exc.reason.value,
+            "extra": {"message": exc.message, **(extra or {})},
+        }
+        try:
+            self._audit(event, peer, **ids, **fields)
+        except ValueError:
+            log.warning("refusal recorded without its ids (one was not a valid identifier)")
+            self._audit(event, peer, **fields)
 
     def _audit(self, event: AuditEventName, peer: PeerIdentity, **fields: object) -> None:
         self.audit.record(

@@ -8,7 +8,9 @@ nothing (event or heartbeat) for longer than its bound fails closed (``Reason.ST
 
 Every heartbeat carries the cursor of the last event the stream has passed (the feed's position
 at subscription time if there was none), so a verifier that reconnects resumes without a gap even
-when it never saw an event. The first message of every stream is a heartbeat.
+when it never saw an event. The first message of every stream is a heartbeat. A subscription
+from now (``since`` empty) then gets the kill switches and floors in force
+(``broker.core.blocks``), one event each at the start cursor, before any new event.
 
 A heartbeat is only sent after the store answered a ``ping``: while the store cannot be reached
 the stream stays silent, so verifiers go stale instead of trusting a feed that cannot deliver.
@@ -97,9 +99,22 @@ async def follow_revocations(
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
             await queue.put(exc)
 
+    # From now on: a verifier that starts (or was reset) does not know the kill switches and
+    # floors already in force; they come first, as events at the start cursor.
+    snapshot = await store.list_blocks(clock.now()) if not since else ()
     pumping = asyncio.create_task(pump(), name="revocation-feed-pump")
     try:
         yield RevocationEvent(cursor, HEARTBEAT, "", clock.now())
+        for block in snapshot:
+            yield RevocationEvent(
+                cursor,
+                block.kind,
+                block.subject,
+                block.floor,
+                block.reason,
+                block.blocks(clock.now()),
+                block.until,
+            )
         while True:
             try:
                 async with asyncio.timeout(interval):

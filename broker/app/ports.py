@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broker.core.approvals import ApprovalRecord
+from broker.core.blocks import Block
 from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
@@ -46,18 +47,35 @@ class Quotas:
     per_agent: int = 1024  # live credentials per agent, across its tasks
 
 
+class TaintRose(Exception):
+    """``record_credential`` refused: the task's taint rose above the one the credential was
+    decided at (a ReportOutcome raced the mint). Nothing was recorded; decide again at
+    ``taint``."""
+
+    def __init__(self, taint: Taint) -> None:
+        super().__init__(f"the task's taint is now {taint.label}")
+        self.taint = taint
+
+
 class Store(Protocol):
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
-        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound."""
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
+        """Record a new task. Its parent (if any) must be live, else TaskEnded/TaskNotFound.
+        ``max_live_per_agent`` (0: no cap): QuotaExceeded when the agent already holds that
+        many live tasks (an ended one stops counting; a store may count it until its expiry)."""
         ...
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         """Atomically: check the task is live (FailedPrecondition TASK_ENDED otherwise, NotFound
-        TASK_NOT_FOUND if absent), check quotas (QuotaExceeded), record the credential."""
+        TASK_NOT_FOUND if absent), check that its taint is not above ``taint``, the taint the
+        credential was decided at (``TaintRose`` otherwise), check quotas (QuotaExceeded),
+        record the credential. The taint check is what closes the race with a ReportOutcome
+        that raises the taint while a credential is being decided and signed."""
         ...
 
     async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
@@ -106,12 +124,18 @@ class Store(Protocol):
     # -- approvals (broker.core.approvals) --------------------------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         """Atomically: the task must be live (FailedPrecondition TASK_ENDED, NotFound
         TASK_NOT_FOUND); a PENDING, unexpired approval of the task with the same binding is
         returned as it is (no new record); else QuotaExceeded when the task already has
-        ``max_pending`` pending ones; else ``approval`` is recorded and returned."""
+        ``max_pending`` pending ones, or its agent ``max_pending_per_agent`` (0: no cap) across
+        its tasks; else ``approval`` is recorded and returned."""
         ...
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
@@ -140,8 +164,29 @@ class Store(Protocol):
         ...
 
     async def publish_revocation(
-        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
+        self,
+        kind: RevocationKind,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent: ...
+
+    # -- kill switches (broker.core.blocks) ----------------------------------------------------
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        """Write the block of ``block.key`` (one record, O(1)): its floor never goes down, the
+        rest is ``block``'s. Returns the record as stored. Forgets records past keep_until."""
+        ...
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        """Every block record still retained at ``now``. ``record_credential`` and
+        ``consume_credential`` check these in the same step: a mint for a blocked subject, or
+        for a task a floor revoked, raises (PermissionDenied REVOKED / FailedPrecondition
+        TASK_ENDED); a consume of a credential a block covers returns REVOKED."""
+        ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         """Events after ``cursor`` ("" = from the beginning of what is retained)."""

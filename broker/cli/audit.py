@@ -22,6 +22,7 @@ from broker.adapters.audit.sinks import parse_json_line
 from broker.cli.client import CliError, ExitCode
 from broker.core.audit.record import ChainedRecord, Head
 from broker.core.audit.verify import verify_records
+from broker.core.text import json_safe, printable
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -299,7 +300,7 @@ def _tail_redis(
 
 
 def _print_json(record: ChainedRecord) -> None:
-    click.echo(record.to_json())
+    click.echo(json_safe(record.to_json().decode()))
 
 
 def _print_human(record: ChainedRecord) -> None:
@@ -316,4 +317,4 @@ def _print_human(record: ChainedRecord) -> None:
     ]
     if b.get("reason"):
         parts.append(json.dumps(b["reason"], ensure_ascii=False))
-    click.echo("  ".join(parts))
+    click.echo(printable("  ".join(parts)))  # agent-written text must not act on the terminal

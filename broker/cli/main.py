@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "agents": "broker.cli.tasks:agents",
     "servers": "broker.cli.tasks:servers",
     "revoke": "broker.cli.tasks:revoke",
+    "blocks": "broker.cli.blocks:blocks",
     "approvals": "broker.cli.approvals:approvals",
     "keys": "broker.cli.keys:keys",
     "token": "broker.cli.token:token",

@@ -12,6 +12,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from broker.core.durations import format_duration
+from broker.core.text import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,7 +22,9 @@ json_option = click.option(
 
 
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False))
+    """JSON with every non-ASCII character escaped: control characters are escaped by JSON
+    anyway, and so are bidi overrides and zero-width characters this way."""
+    click.echo(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 def message_dict(msg: Message) -> dict[str, Any]:
@@ -32,8 +35,10 @@ def message_dict(msg: Message) -> dict[str, Any]:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """Columns padded to their widest cell; the last column is not padded."""
-    cells = [[str(c) for c in row] for row in rows]
+    """Columns padded to their widest cell; the last column is not padded. Every cell is shown
+    with its control, bidi and zero-width characters escaped (``broker.core.text``): agents
+    write some of them, and must not be able to hide or rewrite what an operator sees."""
+    cells = [[printable(str(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, cell in enumerate(row):
@@ -47,7 +52,7 @@ def fields(pairs: Sequence[tuple[str, object]]) -> None:
     """``key: value`` lines with the values aligned."""
     width = max(len(k) for k, _ in pairs)
     for key, value in pairs:
-        click.echo(f"{key + ':':<{width + 1}} {value}")
+        click.echo(f"{key + ':':<{width + 1}} {printable(str(value))}")
 
 
 def when(ts: Any, now: float | None = None) -> str:

@@ -3,9 +3,12 @@
 broker tasks list [--agent A] [--server S] [--state S] [--since T] [--limit N] [--json]
 broker tasks show TASK_ID [--json]
 broker tasks revoke TASK_ID [--reason R] [--dry-run] [--json]
-broker agents revoke AGENT [--reason R] [--dry-run] [--json]
-broker servers revoke SERVER [--reason R] [--dry-run] [--json]
-broker revoke (--tier N | --issued-before T) [--reason R] [--dry-run] [--json]
+broker agents revoke AGENT [--for D] [--reason R] [--dry-run] [--json]
+broker servers revoke SERVER [--for D] [--reason R] [--dry-run] [--json]
+broker revoke (--tier N [--for D] | --issued-before T) [--reason R] [--dry-run] [--json]
+
+Revoking an agent, a server or a tier is a kill switch that persists: it stays refused until
+``--for`` runs out or an operator lifts it (``broker blocks list|lift``).
 """
 
 from __future__ import annotations
@@ -86,6 +89,23 @@ def _ts(seconds: float) -> timestamp_pb2.Timestamp:
 _dry_run = click.option(
     "--dry-run", is_flag=True, help="Show what would be revoked (the blast radius); change nothing."
 )
+_for = click.option(
+    "--for",
+    "duration",
+    default="",
+    help="How long the block lasts (30m, 2h, 7d); default: until lifted (broker blocks lift).",
+)
+
+
+def _seconds(duration: str) -> int:
+    if not duration:
+        return 0
+    try:
+        return int(parse_duration(duration))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--for") from None
+
+
 _reason = click.option(
     "--reason", default="", help="Why (kept in the audit trail and the revocation event)."
 )
@@ -100,6 +120,16 @@ def _print_revoke(resp: admin_pb2.RevokeResponse, as_json: bool, what: str) -> N
     creds = f"{live} live credential{'s' if live != 1 else ''}"
     if resp.dry_run:
         click.echo(f"DRY RUN: revoking {what} would end {tasks} holding {creds}; nothing changed")
+    elif resp.HasField("block"):
+        b = resp.block
+        scope = "task created and token" if b.kind in ("agent", "issued_before") else "token"
+        click.echo(f"revoked {what}: every {scope} issued up to {when(b.floor)} is refused")
+        if b.blocked:
+            end = when(b.blocked_until.ToSeconds()) if b.HasField("blocked_until") else "lifted"
+            click.echo(
+                f"blocked until {end}: nothing new for it "
+                f"(lift with: broker blocks lift {b.kind} {b.subject} --reason ...)"
+            )
     elif n:
         click.echo(f"revoked {what}: ended {tasks}, {creds} stopped working")
     else:
@@ -287,15 +317,18 @@ def agents() -> None:
 
 @agents.command("revoke")
 @click.argument("agent")
+@_for
 @_reason
 @_dry_run
 @json_option
-def revoke_agent(agent: str, reason: str, dry_run: bool, as_json: bool) -> None:
-    """Revoke every live task of AGENT (SPIFFE ID, or its name: demo)."""
+def revoke_agent(agent: str, duration: str, reason: str, dry_run: bool, as_json: bool) -> None:
+    """Revoke AGENT (SPIFFE ID, or its name: demo): its tasks and tokens now, and block it."""
     with admin_stub() as stub:
         resp = call(
             stub.RevokeAgent,
-            admin_pb2.RevokeAgentRequest(agent=agent, reason=reason, dry_run=dry_run),
+            admin_pb2.RevokeAgentRequest(
+                agent=agent, reason=reason, dry_run=dry_run, duration_seconds=_seconds(duration)
+            ),
         )
     _print_revoke(resp, as_json, f"agent {agent}")
 
@@ -307,15 +340,18 @@ def servers() -> None:
 
 @servers.command("revoke")
 @click.argument("server")
+@_for
 @_reason
 @_dry_run
 @json_option
-def revoke_server(server: str, reason: str, dry_run: bool, as_json: bool) -> None:
-    """Revoke every live task holding credentials for SERVER (SPIFFE ID or registry name)."""
+def revoke_server(server: str, duration: str, reason: str, dry_run: bool, as_json: bool) -> None:
+    """Revoke every token for SERVER (SPIFFE ID or registry name) and block it."""
     with admin_stub() as stub:
         resp = call(
             stub.RevokeServer,
-            admin_pb2.RevokeServerRequest(server=server, reason=reason, dry_run=dry_run),
+            admin_pb2.RevokeServerRequest(
+                server=server, reason=reason, dry_run=dry_run, duration_seconds=_seconds(duration)
+            ),
         )
     _print_revoke(resp, as_json, f"server {server}")
 
@@ -323,11 +359,17 @@ def revoke_server(server: str, reason: str, dry_run: bool, as_json: bool) -> Non
 @click.command("revoke")
 @click.option("--tier", type=click.IntRange(0, 3), help="Every task using a server of this tier.")
 @click.option("--issued-before", type=TIME, help="Every task created before this time.")
+@_for
 @_reason
 @_dry_run
 @json_option
 def revoke(
-    tier: int | None, issued_before: float | None, reason: str, dry_run: bool, as_json: bool
+    tier: int | None,
+    issued_before: float | None,
+    duration: str,
+    reason: str,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Revoke by authority tier or by time: exactly one of --tier or --issued-before."""
     if (tier is None) == (issued_before is None):
@@ -336,7 +378,9 @@ def revoke(
         if tier is not None:
             resp = call(
                 stub.RevokeTier,
-                admin_pb2.RevokeTierRequest(tier=tier, reason=reason, dry_run=dry_run),
+                admin_pb2.RevokeTierRequest(
+                    tier=tier, reason=reason, dry_run=dry_run, duration_seconds=_seconds(duration)
+                ),
             )
             what = f"tier {tier}"
         else:

@@ -74,9 +74,11 @@ class BrokerError(Exception):
 
 
 class Unauthenticated(BrokerError):
-    """A credential failed verification; ``reason`` says which check."""
+    """A credential failed verification; ``reason`` says which check. ``claims`` holds the
+    token's claims when its signature had verified (for the audit trail; never the token)."""
 
     default_reason = Reason.MALFORMED_TOKEN
+    claims: object | None = None
 
 
 class PermissionDenied(BrokerError):

@@ -53,6 +53,7 @@ class TaskRecord:
     depth: int = 0  # delegation depth: 0 for a top-level task
     act: tuple[str, ...] = ()  # delegation chain of agents above this one, nearest first
     taint: Taint = Taint.CLEAN
+    delegates: tuple[str, ...] = ()  # agents that may begin sub-tasks of it (besides its own)
     state: TaskState = TaskState.ACTIVE
     ended_at: float = 0.0
     end_reason: str = ""
@@ -64,6 +65,10 @@ class TaskRecord:
 
     def is_live(self, now: float) -> bool:
         return self.state_at(now) is TaskState.ACTIVE
+
+    def may_delegate_to(self, agent: str) -> bool:
+        """Whether ``agent`` may begin a sub-task of this task: the parent's consent."""
+        return agent == self.agent or agent in self.delegates
 
     def with_changes(self, **changes: object) -> TaskRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -114,3 +119,7 @@ class RevocationEvent:
     subject: str
     revoked_at: float
     reason: str = ""
+    # agent/server/tier: the subject stays blocked (every token refused, nothing new minted)
+    # until ``until``, or until a later event of the same subject lifts it when ``until`` is 0
+    blocked: bool = False
+    until: float = 0.0

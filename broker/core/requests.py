@@ -19,6 +19,8 @@ MAX_TEXT = 512
 MAX_LABELS = 32
 MAX_PLAN = 64
 MAX_FINDINGS = 100
+MAX_DELEGATES = 16
+MAX_SPIFFE_ID = 512
 
 
 def check_task_id(value: str, name: str = "task_id") -> str:
@@ -55,6 +57,7 @@ class BeginTask:
     plan: tuple[tuple[str, str], ...] = ()  # (server ref, tool or "")
     labels: Mapping[str, str] = field(default_factory=dict)
     parent_task_id: str = ""
+    delegates: tuple[str, ...] = ()  # SPIFFE IDs of agents that may begin sub-tasks of it
 
     def __post_init__(self) -> None:
         check_text(self.intent, "intent", MAX_INTENT, required=True)
@@ -71,6 +74,14 @@ class BeginTask:
             check_text(v, f"labels[{k}]")
         if self.parent_task_id:
             check_task_id(self.parent_task_id, "parent_task_id")
+        if len(self.delegates) > MAX_DELEGATES:
+            raise InvalidRequest(
+                "delegates", f"has {len(self.delegates)} entries; the limit is {MAX_DELEGATES}"
+            )
+        for i, agent in enumerate(self.delegates):
+            check_text(agent, f"delegates[{i}]", MAX_SPIFFE_ID, required=True)
+            if not agent.startswith("spiffe://"):
+                raise InvalidRequest(f"delegates[{i}]", "must be an agent's SPIFFE ID")
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,7 @@ class VerifyRequest:
     tool: str
     args_sha256: str
     presenter_cert_sha256: str = ""
+    check_only: bool = False  # every check, but the credential is not used up
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -171,3 +183,36 @@ class Outcome:
         for i, (kind, detail) in enumerate(self.findings):
             check_text(kind, f"findings[{i}].kind", 64, required=True)
             check_text(detail, f"findings[{i}].detail")
+
+
+MAX_REFUSALS = 100  # per ReportRefusals call
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A credential an offline verifier refused (never the token). Every field but ``reason``
+    may be empty; they come from the verifier and are recorded as what it says."""
+
+    reason: str
+    jti: str = ""
+    task_id: str = ""
+    tool: str = ""
+    agent: str = ""
+    refused_at: float = 0.0
+    mode: str = "offline"
+
+    def __post_init__(self) -> None:
+        check_text(self.reason, "refusals.reason", 64, required=True)
+        check_text(self.jti, "refusals.jti", 128)
+        check_text(self.task_id, "refusals.task_id", 64)
+        check_text(self.tool, "refusals.tool", 128)
+        check_text(self.agent, "refusals.agent", MAX_SPIFFE_ID)
+        check_text(self.mode, "refusals.mode", 16)
+
+
+def check_refusals(refusals: tuple[Refusal, ...]) -> tuple[Refusal, ...]:
+    if len(refusals) > MAX_REFUSALS:
+        raise InvalidRequest(
+            "refusals", f"has {len(refusals)} entries; send at most {MAX_REFUSALS} per call"
+        )
+    return refusals

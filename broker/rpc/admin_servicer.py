@@ -17,6 +17,7 @@ from broker.app.audit import Auditor
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.recent import AuditSource, RecentRecords
 from broker.core.audit.record import ChainedRecord
+from broker.core.blocks import Block
 from broker.core.model import CredentialRecord, TaskState
 from broker.core.tokens.keys import KeyInfo
 from broker.rpc.convert import TAINT_TO_PB, seconds, timestamp
@@ -98,10 +99,28 @@ def signing_key(k: KeyInfo) -> admin_pb2.SigningKey:
     return key
 
 
+def block_info(b: Block) -> admin_pb2.Block:
+    msg = admin_pb2.Block(
+        kind=b.kind,
+        subject=b.subject,
+        floor=timestamp(b.floor),
+        blocked=b.blocked,
+        reason=b.reason,
+        by=b.by,
+        created_at=timestamp(b.created_at),
+    )
+    if b.blocked and b.until:
+        msg.blocked_until.CopyFrom(timestamp(b.until))
+    return msg
+
+
 def revoked(r: RevokeResult) -> admin_pb2.RevokeResponse:
-    return admin_pb2.RevokeResponse(
+    resp = admin_pb2.RevokeResponse(
         dry_run=r.dry_run, task_ids=list(r.task_ids), live_credentials=r.live_credentials
     )
+    if r.block is not None:
+        resp.block.CopyFrom(block_info(r.block))
+    return resp
 
 
 def audit_source_for(auditor: Auditor) -> AuditSource:
@@ -168,7 +187,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeResponse:
         return revoked(
             await self._admin.revoke_agent(
-                current_peer(), request.agent, reason=request.reason, dry_run=request.dry_run
+                current_peer(),
+                request.agent,
+                reason=request.reason,
+                dry_run=request.dry_run,
+                duration=request.duration_seconds,
             )
         )
 
@@ -178,7 +201,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeResponse:
         return revoked(
             await self._admin.revoke_server(
-                current_peer(), request.server, reason=request.reason, dry_run=request.dry_run
+                current_peer(),
+                request.server,
+                reason=request.reason,
+                dry_run=request.dry_run,
+                duration=request.duration_seconds,
             )
         )
 
@@ -188,7 +215,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.RevokeResponse:
         return revoked(
             await self._admin.revoke_tier(
-                current_peer(), request.tier, reason=request.reason, dry_run=request.dry_run
+                current_peer(),
+                request.tier,
+                reason=request.reason,
+                dry_run=request.dry_run,
+                duration=request.duration_seconds,
             )
         )
 
@@ -246,6 +277,25 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ReloadPolicyResponse:
         loaded = self._admin.reload_policy(current_peer())
         return admin_pb2.ReloadPolicyResponse(policies=loaded.policies, digest=loaded.digest)
+
+    @rpc
+    async def ListBlocks(
+        self, request: admin_pb2.ListBlocksRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListBlocksResponse:
+        now = self._now
+        found = await self._admin.list_blocks()
+        return admin_pb2.ListBlocksResponse(
+            blocks=[block_info(b) for b in found if request.all or b.blocks(now)]
+        )
+
+    @rpc
+    async def LiftBlock(
+        self, request: admin_pb2.LiftBlockRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.LiftBlockResponse:
+        block = await self._admin.lift_block(
+            current_peer(), request.kind, request.subject, request.reason
+        )
+        return admin_pb2.LiftBlockResponse(block=block_info(block))
 
     async def TailAudit(
         self, request: admin_pb2.TailAuditRequest, context: grpc.aio.ServicerContext

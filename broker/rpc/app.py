@@ -92,6 +92,9 @@ def build_components(
             leeway=config.leeway_seconds,
             max_delegation_depth=config.max_delegation_depth,
             approval_ttl=config.approval_ttl,
+            max_pending_per_agent=config.max_pending_per_agent,
+            max_live_tasks_per_agent=config.max_live_tasks_per_agent,
+            require_registered_agents=config.require_registered_agents,
         ),
         secrets=vault.secrets if vault is not None else None,
         keyring=SigningKeys(
@@ -160,7 +163,9 @@ class BrokerServer:
             interceptors=[
                 MetricsInterceptor(),
                 TracingInterceptor(),
-                IdentityInterceptor(self.config.trust_domain),
+                IdentityInterceptor(
+                    self.config.trust_domain, c.broker.audit.record, c.broker.clock.now
+                ),
             ],
             options=options,
         )

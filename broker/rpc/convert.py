@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -29,12 +30,44 @@ def seconds(ts: timestamp_pb2.Timestamp) -> float:
     return float(ts.ToNanoseconds()) / 1e9
 
 
+_NOT_JSON = "NaN and Infinity are not JSON numbers: arguments must be JSON"
+
+
+def _non_finite(
+    value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value, path: str
+) -> str | None:
+    """The path of the first NaN or infinite number in ``value``, or None."""
+    if isinstance(value, struct_pb2.Struct):
+        items = [(f"{path}.{key}", item) for key, item in value.fields.items()]
+    elif isinstance(value, struct_pb2.ListValue):
+        items = [(f"{path}[{i}]", item) for i, item in enumerate(value.values)]
+    else:
+        kind = value.WhichOneof("kind")
+        if kind == "number_value":
+            return None if math.isfinite(value.number_value) else path
+        if kind == "struct_value":
+            return _non_finite(value.struct_value, path)
+        if kind == "list_value":
+            return _non_finite(value.list_value, path)
+        return None
+    for where, item in items:
+        found = _non_finite(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 def digest_of_args(msg: Any) -> str:
     """The args digest of a request with ``oneof args {Struct arguments; string args_sha256}``."""
     which = msg.WhichOneof("args")
     if which == "arguments":
         arguments: struct_pb2.Struct = msg.arguments
-        return args_sha256(json_format.MessageToDict(arguments))
+        try:
+            as_dict = json_format.MessageToDict(arguments)
+        except ValueError:  # NaN or Infinity: not JSON; say where
+            where = _non_finite(arguments, "arguments") or "arguments"
+            raise InvalidRequest(where, _NOT_JSON) from None
+        return args_sha256(as_dict)
     if which == "args_sha256":
         return str(msg.args_sha256)
     raise InvalidRequest(

@@ -21,7 +21,15 @@ from broker._proto.broker.v1 import (
 from broker.app import gateway_support
 from broker.app.credentials import Broker
 from broker.core.model import RevocationKind
-from broker.core.requests import BeginTask, CredentialRequest, Outcome, Pending, VerifyRequest
+from broker.core.requests import (
+    MAX_REFUSALS,
+    BeginTask,
+    CredentialRequest,
+    Outcome,
+    Pending,
+    Refusal,
+    VerifyRequest,
+)
 from broker.rpc.convert import TAINT_FROM_PB, TAINT_TO_PB, digest_of_args, timestamp
 from broker.rpc.identity import current_peer
 from broker.rpc.status import abort
@@ -60,6 +68,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 plan=tuple((s.server, s.tool) for s in request.plan),
                 labels=dict(request.labels),
                 parent_task_id=request.parent_task_id,
+                delegates=tuple(request.delegates),
             ),
         )
         return agent_pb2.BeginTaskResponse(
@@ -168,6 +177,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
                 tool=request.tool,
                 args_sha256=digest_of_args(request),
                 presenter_cert_sha256=request.presenter_cert_sha256,
+                check_only=request.check_only,
             ),
         )
         secret = None
@@ -209,6 +219,25 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
         return verifier_pb2.ReportOutcomeResponse(taint=TAINT_TO_PB[taint])
 
     @rpc
+    async def ReportRefusals(
+        self, request: verifier_pb2.ReportRefusalsRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.ReportRefusalsResponse:
+        refusals = tuple(
+            Refusal(
+                reason=r.reason,
+                jti=r.jti,
+                task_id=r.task_id,
+                tool=r.tool,
+                agent=r.agent,
+                refused_at=r.refused_at.ToNanoseconds() / 1e9 if r.HasField("refused_at") else 0,
+                mode=r.mode,
+            )
+            for r in request.refusals[: MAX_REFUSALS + 1]
+        )
+        recorded = self._broker.report_refusals(current_peer(), refusals, request.dropped)
+        return verifier_pb2.ReportRefusalsResponse(recorded=recorded)
+
+    @rpc
     async def GetSigningKeys(
         self, request: verifier_pb2.GetSigningKeysRequest, context: grpc.aio.ServicerContext
     ) -> verifier_pb2.GetSigningKeysResponse:
@@ -240,13 +269,17 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             async for event in feed.follow_revocations(
                 broker.store, request.since, clock=broker.clock
             ):
-                yield verifier_pb2.RevocationEvent(
+                msg = verifier_pb2.RevocationEvent(
                     cursor=event.cursor,
                     kind=kinds.get(event.kind, verifier_pb2.REVOCATION_KIND_UNSPECIFIED),
                     subject=event.subject,
                     revoked_at=timestamp(event.revoked_at),
                     reason=event.reason,
+                    blocked=event.blocked,
                 )
+                if event.blocked and event.until:
+                    msg.blocked_until.CopyFrom(timestamp(event.until))
+                yield msg
         except asyncio.CancelledError:
             return  # the verifier went away, or the server is stopping: the stream is over
         except grpc.aio.AbortError:

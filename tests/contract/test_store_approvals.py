@@ -187,3 +187,33 @@ async def test_list_approvals_of_every_task(store: Store) -> None:
     assert [a.approval_id for a in await store.list_approvals(task_id=t2.task_id, now=NOW)] == [
         a2.approval_id
     ]
+
+
+async def test_pending_approvals_are_capped_per_agent(store: Store) -> None:
+    """Issue 13 item 7: one agent cannot queue approvals without bound across its tasks."""
+    tasks = [await started(store) for _ in range(3)]
+    first = await store.create_approval(
+        approval(tasks[0]), now=NOW, max_pending=32, max_pending_per_agent=2
+    )
+    # the same call again is the same approval: it does not count twice
+    again = await store.create_approval(
+        replace(approval(tasks[0]), approval_id=new_approval_id(tasks[0].task_id)),
+        now=NOW,
+        max_pending=32,
+        max_pending_per_agent=2,
+    )
+    assert again.approval_id == first.approval_id
+    await store.create_approval(
+        approval(tasks[1]), now=NOW, max_pending=32, max_pending_per_agent=2
+    )
+    with pytest.raises(QuotaExceeded):
+        await store.create_approval(
+            approval(tasks[2]), now=NOW, max_pending=32, max_pending_per_agent=2
+        )
+    # deciding one frees room
+    await store.decide_approval(
+        first.approval_id, approve=False, decided_by="op", reason="no", now=NOW + 1
+    )
+    await store.create_approval(
+        approval(tasks[2]), now=NOW + 1, max_pending=32, max_pending_per_agent=2
+    )

@@ -14,6 +14,7 @@ from broker.core.model import (
     ConsumeResult,
     CredentialRecord,
     PlanStep,
+    RevocationKind,
     Taint,
     TaskRecord,
     TaskState,
@@ -292,3 +293,135 @@ async def test_duplicates_are_refused(store: Store) -> None:
     with pytest.raises(InvalidRequest):
         await store.record_credential(c, quotas=Quotas(), now=NOW)
     assert await store.consume_credential(t.task_id, c.jti, NOW) is ConsumeResult.REPLAYED
+
+
+async def test_record_refuses_a_credential_decided_below_the_tasks_taint(store: Store) -> None:
+    """Issue 13 item 1: the decision's taint is part of the atomic record."""
+    from broker.app.ports import TaintRose
+
+    t = await started(store)
+    await store.raise_taint(t.task_id, Taint.UNTRUSTED)
+    c = cred(t)
+    with pytest.raises(TaintRose) as caught:
+        await store.record_credential(c, quotas=Quotas(), now=NOW, taint=Taint.CLEAN)
+    assert caught.value.taint is Taint.UNTRUSTED
+    assert await store.get_credential(t.task_id, c.jti) is None
+    # at (or above) the task's taint it is recorded; no taint given: no check
+    await store.record_credential(c, quotas=Quotas(), now=NOW, taint=Taint.UNTRUSTED)
+    await store.record_credential(cred(t), quotas=Quotas(), now=NOW)
+    assert len(await store.list_credentials(t.task_id)) == 2
+
+
+async def test_blocks_are_checked_by_mint_and_consume(store: Store) -> None:
+    """Issue 13 item 3: a kill switch is one record, checked inside mint and consume."""
+    from broker.core.blocks import BlockKind, new_block
+    from broker.core.errors import PermissionDenied
+
+    old = await started(store)
+    c = cred(old)
+    await store.record_credential(c, quotas=Quotas(), now=NOW)
+    block = new_block(
+        BlockKind.AGENT, AGENT, now=NOW + 1, by="op", reason="injected", retention=100
+    )
+    stored = await store.put_block(block, now=NOW + 1)
+    assert stored.floor == NOW + 1 and stored.blocks(NOW + 2)
+    assert [b.key for b in await store.list_blocks(NOW + 2)] == [("agent", AGENT)]
+    # the credential issued before the floor: refused at consume
+    assert await store.consume_credential(old.task_id, c.jti, NOW + 2) is ConsumeResult.REVOKED
+    # a mint while blocked: refused, nothing handed out
+    with pytest.raises(PermissionDenied) as denied:
+        await store.record_credential(
+            replace(cred(old), issued_at=NOW + 2), quotas=Quotas(), now=NOW + 2
+        )
+    assert denied.value.reason is Reason.REVOKED
+    # lifted: the floor rises to the lift, the old task stays revoked, a new one works
+    await store.put_block(stored.lifted(NOW + 5, by="op", reason="ok", retention=100), now=NOW + 5)
+    [lifted] = await store.list_blocks(NOW + 6)
+    assert not lifted.blocked and lifted.floor == NOW + 5
+    with pytest.raises(FailedPrecondition):
+        await store.record_credential(
+            replace(cred(old), issued_at=NOW + 6), quotas=Quotas(), now=NOW + 6
+        )
+    fresh = task()
+    fresh = replace(fresh, created_at=NOW + 6)
+    await store.create_task(fresh, retain_until=fresh.expires_at + 300)
+    new = replace(cred(fresh), issued_at=NOW + 6)
+    await store.record_credential(new, quotas=Quotas(), now=NOW + 6)
+    assert await store.consume_credential(fresh.task_id, new.jti, NOW + 7) is ConsumeResult.OK
+    # a server block covers only that server's credentials; a floor never goes down
+    srv = new_block(BlockKind.SERVER, DOCS, now=NOW + 8, by="op", reason="", retention=100)
+    await store.put_block(srv, now=NOW + 8)
+    await store.put_block(replace(srv, floor=NOW), now=NOW + 8)
+    assert {b.key: b.floor for b in await store.list_blocks(NOW + 8)}[("server", DOCS)] == NOW + 8
+    repo = replace(cred(fresh, server=REPO), issued_at=NOW + 8)
+    await store.record_credential(repo, quotas=Quotas(), now=NOW + 8)
+    # a lifted block is forgotten once its floor no longer matters; one until lifted is kept
+    assert [b.key for b in await store.list_blocks(NOW + 10_000)] == [("server", DOCS)]
+
+
+async def test_blocks_reach_delegated_tasks(store: Store) -> None:
+    from broker.core.blocks import BlockKind, new_block
+
+    parent = await started(store)
+    child = replace(task(parent=parent.task_id, agent=REPO), act=(AGENT,))
+    await store.create_task(child, retain_until=child.expires_at + 300)
+    c = replace(cred(child), agent=child.agent)
+    await store.record_credential(c, quotas=Quotas(), now=NOW)
+    await store.put_block(
+        new_block(BlockKind.AGENT, AGENT, now=NOW + 1, by="op", reason="", retention=100),
+        now=NOW + 1,
+    )
+    assert await store.consume_credential(child.task_id, c.jti, NOW + 2) is ConsumeResult.REVOKED
+
+
+async def test_task_delegates_round_trip(store: Store) -> None:
+    t = replace(task(), delegates=("spiffe://dev.local/agent/helper",))
+    await store.create_task(t, retain_until=t.expires_at + 300)
+    assert await store.get_task(t.task_id) == t
+
+
+async def test_a_cursor_older_than_the_retained_feed_is_refused(store: Store) -> None:
+    """Issue 13: a trimmed feed answers an old cursor as a reset, never clamps it silently."""
+    from broker.app.feed import start_cursor
+
+    first = await store.publish_revocation(RevocationKind.TASK, "t1", NOW, "r")
+    for i in range(4):
+        await store.publish_revocation(RevocationKind.TASK, f"t{i + 2}", NOW, "r")
+    assert await start_cursor(store, first.cursor) == first.cursor  # still retained: fine
+    await _trim(store, keep=2)
+    with pytest.raises(InvalidRequest) as err:
+        await start_cursor(store, first.cursor)
+    assert err.value.field == "since"
+    last = await store.last_revocation_cursor()
+    assert await start_cursor(store, last) == last
+
+
+async def _trim(store: Store, keep: int) -> None:
+    """Trim the feed to its last ``keep`` events, as its retention would."""
+    from broker.adapters.store.memory import MemoryStore
+    from broker.adapters.store.redis import RedisStore
+
+    if isinstance(store, MemoryStore):
+        drop = len(store._events) - keep
+        del store._events[:drop]
+        store._first_seq += drop
+    else:
+        assert isinstance(store, RedisStore)
+        await store._r.xtrim(f"{store._ns}:revocations", maxlen=keep, approximate=False)
+
+
+async def test_live_tasks_are_capped_per_agent(store: Store) -> None:
+    """Issue 13 item 7: an agent cannot grow the store without bound with live tasks."""
+    held = []
+    for _ in range(3):
+        t = task()
+        await store.create_task(t, retain_until=t.expires_at + 300, max_live_per_agent=3)
+        held.append(t)
+    extra = task()
+    with pytest.raises(QuotaExceeded):
+        await store.create_task(extra, retain_until=extra.expires_at + 300, max_live_per_agent=3)
+    assert await store.get_task(extra.task_id) is None
+    other = task(agent=REPO)  # another agent: its own cap
+    await store.create_task(other, retain_until=other.expires_at + 300, max_live_per_agent=3)
+    await store.end_task(held[0].task_id, state=TaskState.ENDED, now=NOW, reason="done")
+    await store.create_task(extra, retain_until=extra.expires_at + 300, max_live_per_agent=3)

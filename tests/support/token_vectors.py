@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from broker.core.tokens import EDDSA, ES256, SigningKey
+from broker.core.tokens.jws import P256_N, es256_low_s
 from tests.support.tokens import (
     ARGS_SHA256,
     ARGUMENTS,
@@ -55,7 +56,7 @@ def _sign(private: Private, data: bytes) -> bytes:
     if isinstance(private, ec.EllipticCurvePrivateKey):
         der = private.sign(data, ec.ECDSA(hashes.SHA256(), deterministic_signing=True))
         r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return es256_low_s(r.to_bytes(32, "big") + s.to_bytes(32, "big"))  # as the broker signs
     return private.sign(data)
 
 
@@ -310,6 +311,13 @@ def build() -> dict[str, Any]:
         "BAD_SIGNATURE",
     )
     add("signature-empty", "an ES256 token with an empty signature", f"{h}.{p}.", "BAD_SIGNATURE")
+    r_part, s_int = sig[:32], int.from_bytes(sig[32:], "big")
+    add(
+        "signature-high-s",
+        "the same signature as (r, n - s): valid ECDSA, but tokens are low-S (malleability)",
+        f"{h}.{p}.{_b64(r_part + (P256_N - s_int).to_bytes(32, 'big'))}",
+        "BAD_SIGNATURE",
+    )
 
     # -- claims (validly signed) -------------------------------------------------------------------
     add(

@@ -24,6 +24,7 @@ from broker.core.tokens.jws import (
     b64url_decode,
     b64url_encode,
     decode_unverified,
+    es256_low_s,
     es256_verify,
     sign_compact,
 )
@@ -108,9 +109,34 @@ def test_es256_signature_is_raw_r_s() -> None:
         int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
     )
     private.public_key().verify(der, data, ec.ECDSA(hashes.SHA256()))
-    # and the other way: an independently made DER signature, converted, verifies here
+    # and the other way: an independently made DER signature, converted to low-S, verifies
     r, s = decode_dss_signature(private.sign(data, ec.ECDSA(hashes.SHA256())))
-    es256_verify(private.public_key(), data, r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    raw = es256_low_s(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    es256_verify(private.public_key(), data, raw)
+
+
+def test_es256_signatures_are_low_s_and_high_s_is_refused() -> None:
+    """Issue 13 item 13: (r, n - s) verifies under plain ECDSA; ours are low-S, and the other
+    spelling of the same signature is refused, so a token has exactly one valid form."""
+    from broker.core.errors import Reason, Unauthenticated
+    from broker.core.tokens.jws import P256_N
+
+    private = fixed_private_key(ES256, "primary")
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    key = fixed_key(ES256)
+    for i in range(40):  # about half of raw ECDSA signatures are high-S
+        data = f"input {i}".encode()
+        signature = key.sign(data)
+        s = int.from_bytes(signature[32:], "big")
+        assert s <= P256_N // 2
+        es256_verify(private.public_key(), data, signature)
+        twin = signature[:32] + (P256_N - s).to_bytes(32, "big")
+        der = encode_dss_signature(int.from_bytes(twin[:32], "big"), P256_N - s)
+        private.public_key().verify(der, data, ec.ECDSA(hashes.SHA256()))  # valid ECDSA...
+        with pytest.raises(Unauthenticated) as refused:  # ...but not a token of ours
+            es256_verify(private.public_key(), data, twin)
+        assert refused.value.reason is Reason.BAD_SIGNATURE
+        assert es256_low_s(twin) == signature
 
 
 def test_es256_signatures_with_short_r_are_padded() -> None:

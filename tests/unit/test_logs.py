@@ -48,6 +48,22 @@ def test_formatter_redacts_messages_and_tracebacks() -> None:
     assert written.count("[secure]") == 3
 
 
+def test_log_fields_are_escaped_no_forged_lines() -> None:
+    """Issue 13 item 5: an agent's text in a log message cannot start a new line or act on
+    the terminal."""
+    import logging
+
+    from broker.adapters.logs import RedactingFormatter
+
+    formatter = RedactingFormatter("%(levelname)s %(name)s: %(message)s")
+    record = logging.LogRecord(
+        "broker", logging.INFO, __file__, 1, "ended: %s", ("ok\nERROR broker: forged\x1b[2J",), None
+    )
+    line = formatter.format(record)
+    assert "\n" not in line and "\x1b" not in line
+    assert line == "INFO broker: ended: ok\\x0aERROR broker: forged\\x1b[2J"
+
+
 def test_json_lines_are_one_object_each_with_correlation_ids_and_redacted() -> None:
     import orjson
 

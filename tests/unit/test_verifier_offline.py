@@ -100,7 +100,8 @@ async def test_verify_consumes_once(f: Fixture) -> None:
     call = await f.verify(token)
     assert (call.task_id, call.tool, call.jti, call.mode) == (TASK, TOOL, JTI, "offline")
     assert await reason(f.verify(token)) is Reason.REPLAYED
-    await f.verifier.authenticate(token)  # still a valid credential for the HTTP layer
+    # issue 13 item 8: a used credential is refused at every later request of a session too
+    assert await reason(f.verifier.authenticate(token)) is Reason.REPLAYED
 
 
 @pytest.mark.parametrize(
@@ -132,7 +133,7 @@ async def test_stale_feed_fails_everything_closed(f: Fixture) -> None:
         assert await reason(attempt) is Reason.STALE
     assert await reason(f.verifier.authenticate("garbage")) is Reason.STALE
     f.beat()  # the feed is back
-    await f.verifier.authenticate(f.token())
+    await f.verifier.authenticate(f.token(jti=TASK + ".DDDDDDDDDDDDDDDDDDDDDD"))
 
 
 async def test_not_fresh_before_the_first_heartbeat(pki: Path) -> None:
@@ -151,8 +152,11 @@ async def test_revocation_events_apply_at_once(f: Fixture) -> None:
 
 async def test_feed_reset_revokes_what_came_before(f: Fixture) -> None:
     f.verifier.cursor = "41"
+    assert f.verifier.keys.keys  # (loaded)
     f.verifier._feed_failed(InvalidRequest("since", "is ahead of the feed"))
     assert f.verifier.cursor == ""
+    assert not f.verifier.keys.keys  # issue 13 item 9: a reset drops the cached keys too
+    await f.verifier.keys.refresh()
     assert await reason(f.verify(f.token())) is Reason.REVOKED
     later = int(f.clock.now() + 10)
     fresh = f.token(iat=later, nbf=later, exp=later + 60, jti=TASK + ".DDDDDDDDDDDDDDDDDDDDDD")

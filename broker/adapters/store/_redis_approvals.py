@@ -58,8 +58,16 @@ def _record(approval_id: str, row: Sequence[Any]) -> ApprovalRecord | None:
 
 class RedisApprovals:
     def __init__(
-        self, client: Redis | RedisCluster, namespace: str, guard: Guard, run: Run
+        self,
+        client: Redis | RedisCluster,
+        namespace: str,
+        guard: Guard,
+        run: Run,
+        reserve: Callable[[str, str, float, float, int, str], Awaitable[None]],
+        release: Callable[[str, str], Awaitable[None]],
     ) -> None:
+        self._reserve = reserve
+        self._release = release
         self._r = client
         self._ns = namespace
         self._guard = guard
@@ -77,7 +85,39 @@ class RedisApprovals:
     def _index_key(self) -> str:
         return f"{self._ns}:{{apx}}:idx"
 
+    def _agent_pending(self, agent: str) -> str:
+        return f"{self._ns}:{{agent:{agent}}}:apl"
+
     async def create(
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
+    ) -> ApprovalRecord:
+        if not max_pending_per_agent:
+            return await self._create_one(approval, now=now, max_pending=max_pending)
+        agent_key = self._agent_pending(approval.agent)
+        await self._reserve(
+            agent_key,
+            approval.approval_id,
+            approval.expires_at,
+            now,
+            max_pending_per_agent,
+            f"agent {approval.agent} has {{n}} pending approvals (limit {max_pending_per_agent});"
+            " wait for an operator's decision",
+        )
+        try:
+            got = await self._create_one(approval, now=now, max_pending=max_pending)
+        except BaseException:
+            await self._release(agent_key, approval.approval_id)
+            raise
+        if got.approval_id != approval.approval_id:  # an existing pending one was returned
+            await self._release(agent_key, approval.approval_id)
+        return got
+
+    async def _create_one(
         self, approval: ApprovalRecord, *, now: float, max_pending: int
     ) -> ApprovalRecord:
         tid = approval.task_id
@@ -183,7 +223,10 @@ class RedisApprovals:
         state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
         decision = orjson.dumps([decided_by, reason, now])
         res = await self._run(self._decide, [ap, apl], [sfx, int(state), decision, fnum(now)])
-        return bool(int(res[0])), _record(approval_id, res[1:])
+        record = _record(approval_id, res[1:])
+        if int(res[0]) and record is not None:  # no longer pending: frees the agent's cap
+            await self._release(self._agent_pending(record.agent), approval_id)
+        return bool(int(res[0])), record
 
     async def consume(
         self, approval_id: str, *, binding: str, now: float

@@ -131,6 +131,7 @@ def pack_task(task: TaskRecord) -> bytes:
             dict(task.labels),
             task.depth,
             list(task.act),
+            list(task.delegates),
         ]
     )
 
@@ -140,6 +141,7 @@ def unpack_task(task_id: str, fields: Sequence[bytes | None]) -> TaskRecord | No
     rec, st, tn, ended_at, reason = fields
     if rec is None or st is None or tn is None:
         return None
+    fields_ = orjson.loads(rec)
     (
         _version,
         agent,
@@ -152,7 +154,8 @@ def unpack_task(task_id: str, fields: Sequence[bytes | None]) -> TaskRecord | No
         labels,
         depth,
         act,
-    ) = orjson.loads(rec)
+    ) = fields_[:11]
+    delegates = fields_[11] if len(fields_) > 11 else []  # records written before issue 13
     return TaskRecord(
         task_id=task_id,
         agent=agent,
@@ -165,6 +168,7 @@ def unpack_task(task_id: str, fields: Sequence[bytes | None]) -> TaskRecord | No
         labels=labels,
         depth=depth,
         act=tuple(act),
+        delegates=tuple(delegates),
         taint=Taint(int(tn)),
         state=TaskState(int(st)),
         ended_at=float(ended_at) if ended_at else 0.0,

@@ -31,6 +31,11 @@ def _s(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms_, _, seq = stream_id.partition("-")
+    return int(ms_), int(seq or 0)
+
+
 def _check_cursor(cursor: str) -> str:
     if _CURSOR.fullmatch(cursor) is None:
         raise NotFound(f"unknown revocation cursor {cursor!r}")
@@ -52,34 +57,73 @@ class RevocationFeed:
         self._closed = True
 
     async def publish(
-        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
+        self,
+        kind: RevocationKind,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent:
+        fields = {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason}
+        if blocked:
+            fields["b"] = fnum(until)
         async with self._guard.io():
             cursor = await self._r.xadd(
                 self._stream,
-                {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason},
+                fields,  # type: ignore[arg-type]
                 maxlen=MAX_EVENTS,
                 approximate=True,
             )
-        return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason)
+        return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason, blocked, until)
 
     @staticmethod
     def _event(cursor: object, fields: dict[bytes, bytes]) -> RevocationEvent:
+        until = fields.get(b"b")
         return RevocationEvent(
             _s(cursor),
             fields[b"k"].decode(),
             fields[b"s"].decode(),
             float(fields[b"t"]),
             fields.get(b"r", b"").decode(),
+            until is not None,
+            float(until) if until is not None else 0.0,
         )
 
     async def since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         if cursor == "$":
             return []
         start = "-" if cursor in ("", "0") else "(" + _check_cursor(cursor)
+        if start != "-":
+            await self._check_retained(cursor)
         async with self._guard.io():
             entries: Any = await self._r.xrange(self._stream, start, "+", count=limit)
         return [self._event(c, f) for c, f in entries]
+
+    async def _check_retained(self, cursor: str) -> None:
+        """A cursor older than what the trimmed stream still holds is not this feed's any more:
+        events after it are gone. Refused (NotFound: a reset for the verifier), never clamped
+        silently. A stream that was trimmed (``entries-added`` > ``length``, Redis 7) holds
+        every event after a cursor only if the cursor is not older than its first entry."""
+        try:
+            async with self._guard.io():
+                info: Any = await self._r.xinfo_stream(self._stream)
+        except StoreUnavailable:
+            raise
+        except Exception:  # noqa: BLE001 - no stream yet: nothing was ever trimmed
+            return
+        if not isinstance(info, dict):
+            return
+        at = _id_key(cursor)
+        deleted = info.get("max-deleted-entry-id")  # XDEL
+        first = info.get("first-entry")
+        added, length = info.get("entries-added"), info.get("length", 0)
+        trimmed = added is None or int(added) > int(length)  # XTRIM / MAXLEN
+        if (deleted is not None and at < _id_key(_s(deleted))) or (
+            trimmed and first and at < _id_key(_s(first[0]))
+        ):
+            raise NotFound(f"revocation cursor {cursor!r} is older than the feed keeps")
 
     async def watch(self, cursor: str) -> AsyncIterator[RevocationEvent]:
         """Follows the stream with short blocking reads. Survives Redis outages: it waits with

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 # KEYS: task, creds, live, tg, kids
 # ARGV: field, packed record (without flag and target index), expires_at, now, per-task limit,
-#       target (orjson [server, tool]), expires_at in ms (rounded up), now in ms
+#       target (orjson [server, tool]), expires_at in ms (rounded up), now in ms,
+#       the taint the credential was decided at ("" = any)
 # -> {"OK", retain_until} | {"NOTFOUND"} | {"ENDED", state} | {"QUOTA", live} | {"DUP"}
-#    | {"TARGETS"}
+#    | {"TARGETS"} | {"TAINT", taint}          (OK also carries the task's 'ac' and 'cr')
 MINT = """#!lua
-local t = redis.call('HMGET', KEYS[1], 'st', 'exp', 'ret')
+local t = redis.call('HMGET', KEYS[1], 'st', 'exp', 'ret', 'tn', 'ac', 'cr')
 if not t[1] then return {'NOTFOUND'} end
 if t[1] ~= '1' then return {'ENDED', t[1]} end
 local now = tonumber(ARGV[4])
 if now >= tonumber(t[2]) then return {'ENDED', '4'} end
+if ARGV[9] ~= '' and tonumber(t[4]) > tonumber(ARGV[9]) then return {'TAINT', t[4]} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
 local n = redis.call('ZCARD', KEYS[3])
 if n >= tonumber(ARGV[5]) then return {'QUOTA', n} end
@@ -50,22 +52,48 @@ if tonumber(ARGV[3]) > tonumber(ret) then
 end
 local ttl = math.max(1000, math.ceil((tonumber(ret) - now) * 1000))
 for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ttl) end
-return {'OK', ret}
+return {'OK', ret, t[5] or '', t[6] or '0'}
 """
 
-# KEYS: task, creds, live          ARGV: field
-# -> {1 (OK), agent, packed record} | {2 (REPLAYED)} | {3 (REVOKED)} | {4 (UNKNOWN)}
-#    (ConsumeResult values)
+# KEYS: task, creds, live, tg          ARGV: field
+# -> {1 (OK), agent, packed record, target, delegation chain} | {2 (REPLAYED)} | {3 (REVOKED)}
+#    | {4 (UNKNOWN)}    (ConsumeResult values)
 CONSUME = """#!lua
 local v = redis.call('HGET', KEYS[2], ARGV[1])
 if not v then return {4} end
-local t = redis.call('HMGET', KEYS[1], 'st', 'ag')
+local t = redis.call('HMGET', KEYS[1], 'st', 'ag', 'ac')
 if not t[1] then return {4} end
 if t[1] ~= '1' then return {3} end
 if string.sub(v, 1, 1) == '1' then return {2} end
 redis.call('HSET', KEYS[2], ARGV[1], '1' .. string.sub(v, 2))
 redis.call('ZREM', KEYS[3], ARGV[1])
-return {1, t[2], v}
+local idx = struct.unpack('<H', v, 2)
+local target = redis.call('LINDEX', KEYS[4], idx) or ''
+return {1, t[2], v, target, t[3] or ''}
+"""
+
+# The kill switches (broker.core.blocks): one hash, field F = kind "\n" subject ->
+# orjson [blocked, until, reason, by, created_at]; "F:" .. F -> floor; "K:" .. F -> keep_until
+# (0: never). KEYS: blocks     ARGV: F, value, floor, keep_until, now
+# Floors only rise; a keep_until of 0 wins, else the later one. Forgets records kept past now.
+# -> {floor, keep_until} as stored
+BLOCK_PUT = """#!lua
+local f = ARGV[1]
+local o = redis.call('HMGET', KEYS[1], 'F:' .. f, 'K:' .. f)
+local floor, keep = ARGV[3], ARGV[4]
+if o[1] and tonumber(o[1]) > tonumber(floor) then floor = o[1] end
+if keep ~= '0' and o[2] and tonumber(o[2]) > tonumber(keep) then keep = o[2] end
+redis.call('HSET', KEYS[1], f, ARGV[2], 'F:' .. f, floor, 'K:' .. f, keep)
+local all = redis.call('HGETALL', KEYS[1])
+local now = tonumber(ARGV[5])
+for i = 1, #all, 2 do
+  local name = all[i]
+  if string.sub(name, 1, 2) == 'K:' and all[i + 1] ~= '0' and tonumber(all[i + 1]) < now then
+    local base = string.sub(name, 3)
+    redis.call('HDEL', KEYS[1], base, 'F:' .. base, name)
+  end
+end
+return {floor, keep}
 """
 
 # The per-agent quota is a hash of expiry buckets: field = a bucket's end (whole seconds, a
@@ -108,12 +136,28 @@ return {1, n + 1}
 # KEYS: agent quota hash     ARGV: buckets to release (one per credential)
 RELEASE = "#!lua" + _RELEASE_FN + "\nrelease(KEYS[1], 1)\nreturn 1\n"
 
-# KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms
+# A per-agent cap (live tasks, pending approvals): a zset member -> expiry ms on the agent's slot,
+# reserved before the record is written on its task's slot and released when it ends (or at its
+# expiry: a lost release fails closed). KEYS: zset    ARGV: member, expiry ms, now ms, limit
+# -> {1, count} reserved (or already held) | {0, count} full
+CAP_RESERVE = """#!lua
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return {1, redis.call('ZCARD', KEYS[1])} end
+local n = redis.call('ZCARD', KEYS[1])
+if n >= tonumber(ARGV[4]) then return {0, n} end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+local ttl = math.max(1000, math.ceil(tonumber(ARGV[2]) - tonumber(ARGV[3])))
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return {1, n + 1}
+"""
+
+# KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms,
+#                      delegation chain (agents joined by newlines), created_at
 # -> 1 created | 0 exists
 CREATE = """#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'st', ARGV[2], 'tn', ARGV[3], 'exp', ARGV[4],
-           'ret', ARGV[5], 'ag', ARGV[6])
+           'ret', ARGV[5], 'ag', ARGV[6], 'ac', ARGV[10], 'cr', ARGV[11])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[7], 'why', ARGV[8]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
 return 1

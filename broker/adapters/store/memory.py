@@ -7,11 +7,13 @@ loses it, and two processes do not share it (use ``redis://`` for that).
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 
-from broker.app.ports import Quotas
+from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
+from broker.core.blocks import Block, covering, merged, refusal
 from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
 from broker.core.model import (
     ConsumeResult,
@@ -36,18 +38,35 @@ class MemoryStore:
         self._agent_live: dict[str, dict[str, float]] = {}  # agent -> jti -> expires_at
         self._task_servers: dict[str, set[str]] = {}
         self._approvals: dict[str, ApprovalRecord] = {}  # insertion order: oldest first
+        self._blocks: dict[tuple[str, str], Block] = {}
+        self._agent_tasks: dict[str, set[str]] = {}  # agent -> its retained task ids
+        self._pruned_at = float("-inf")
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
+        # Cursors are "EPOCH-SEQ": a restarted broker (a new store) has another epoch, so a
+        # verifier's cursor from before is refused as a reset, however many events follow.
+        self._epoch = secrets.randbelow(2**53) + 1
         self._changed = asyncio.Condition()
         self._published: dict[str, PublishedKey] = {}  # signing keys of the replicas, by kid
         self._lock = asyncio.Lock()
 
     # -- tasks -------------------------------------------------------------------------------
 
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
         async with self._lock:
+            self._prune_now_and_then(task.created_at)  # memory does not grow with dead tasks
             if task.task_id in self._tasks:  # never resurrect an ended task
                 raise InvalidRequest("task_id", f"task {task.task_id} already exists")
+            mine = self._agent_tasks.setdefault(task.agent, set())
+            if max_live_per_agent:
+                live = sum(1 for t in mine if self._tasks[t].is_live(task.created_at))
+                if live >= max_live_per_agent:
+                    raise QuotaExceeded(
+                        f"agent {task.agent} has {live} live tasks "
+                        f"(limit {max_live_per_agent}); end some first"
+                    )
             if task.parent_task_id:
                 parent = self._tasks.get(task.parent_task_id)
                 if parent is None:
@@ -60,6 +79,7 @@ class MemoryStore:
                     )
                 self._children.setdefault(task.parent_task_id, set()).add(task.task_id)
             self._tasks[task.task_id] = task
+            mine.add(task.task_id)
             self._retain[task.task_id] = retain_until
             self._creds[task.task_id] = {}
 
@@ -145,7 +165,12 @@ class MemoryStore:
     # -- approvals ---------------------------------------------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         async with self._lock:
             self._live_task(approval.task_id, now)
@@ -162,6 +187,17 @@ class MemoryStore:
                     f"task {approval.task_id} has {len(pending)} pending approvals "
                     f"(limit {max_pending}); wait for an operator's decision"
                 )
+            if max_pending_per_agent:
+                of_agent = sum(
+                    1
+                    for a in self._approvals.values()
+                    if a.agent == approval.agent and a.state_at(now) is ApprovalState.PENDING
+                )
+                if of_agent >= max_pending_per_agent:
+                    raise QuotaExceeded(
+                        f"agent {approval.agent} has {of_agent} pending approvals "
+                        f"(limit {max_pending_per_agent}); wait for an operator's decision"
+                    )
             self._approvals[approval.approval_id] = approval
             return approval
 
@@ -210,10 +246,24 @@ class MemoryStore:
     # -- credentials -------------------------------------------------------------------------
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         async with self._lock:
-            self._live_task(cred.task_id, now)
+            self._prune_now_and_then(now)
+            task = self._live_task(cred.task_id, now)
+            if taint is not None and task.taint > taint:
+                raise TaintRose(task.taint)
+            block = covering(
+                self._live_blocks(now),
+                agents=(task.agent, *task.act),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                task_created_at=task.created_at,
+                now=now,
+            )
+            if block is not None:
+                raise refusal(block, now, task.task_id)
             creds = self._creds[cred.task_id]
             if cred.jti in creds:  # never re-arm a consumed credential
                 raise InvalidRequest("jti", f"credential {cred.jti} is already recorded")
@@ -246,6 +296,16 @@ class MemoryStore:
                 return ConsumeResult.REVOKED
             if cred.consumed:
                 return ConsumeResult.REPLAYED
+            block = covering(
+                self._live_blocks(now),
+                agents=(task.agent, *task.act),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                now=now,
+            )
+            if block is not None:
+                return ConsumeResult.REVOKED
             self._creds[task_id][jti] = replace(cred, consumed=True)
             self._agent_live.get(cred.agent, {}).pop(jti, None)
             return ConsumeResult.OK
@@ -259,11 +319,20 @@ class MemoryStore:
     # -- revocation feed ---------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
+        self,
+        kind: RevocationKind,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent:
         async with self._changed:
             seq = self._first_seq + len(self._events)
-            event = RevocationEvent(str(seq), kind, subject, revoked_at, reason)
+            event = RevocationEvent(
+                f"{self._epoch}-{seq}", kind, subject, revoked_at, reason, blocked, until
+            )
             self._events.append(event)
             if len(self._events) > MAX_EVENTS:
                 drop = len(self._events) - MAX_EVENTS
@@ -277,11 +346,16 @@ class MemoryStore:
             return 0
         if cursor == "$":
             return len(self._events)
+        epoch, _, seq_text = cursor.partition("-")
         try:
-            seq = int(cursor)
+            seq = int(seq_text)
         except ValueError:
-            raise NotFound(f"unknown revocation cursor {cursor!r}") from None
-        return max(0, seq - self._first_seq + 1)
+            raise NotFound(f"unknown revocation cursor {cursor[:40]!r}") from None
+        if epoch != str(self._epoch):
+            raise NotFound(f"revocation cursor {cursor[:40]!r} is of another feed (a restart)")
+        if seq < self._first_seq - 1:  # events after it were trimmed: never clamp silently
+            raise NotFound(f"revocation cursor {cursor[:40]!r} is older than the feed keeps")
+        return seq - self._first_seq + 1
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         start = self._index_after(cursor)
@@ -300,7 +374,26 @@ class MemoryStore:
                         await self._changed.wait()
 
     async def last_revocation_cursor(self) -> str:
-        return self._events[-1].cursor if self._events else "0"
+        if self._events:
+            return self._events[-1].cursor
+        return f"{self._epoch}-{self._first_seq - 1}"
+
+    # -- kill switches -------------------------------------------------------------------------
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        async with self._lock:
+            stored = merged(self._blocks.get(block.key), block)
+            self._blocks[block.key] = stored
+            self._live_blocks(now)
+            return stored
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        return list(self._live_blocks(now))
+
+    def _live_blocks(self, now: float) -> Sequence[Block]:
+        for key in [k for k, b in self._blocks.items() if not b.retained(now)]:
+            del self._blocks[key]
+        return list(self._blocks.values())
 
     def _live_task(self, task_id: str, now: float) -> TaskRecord:
         task = self._tasks.get(task_id)
@@ -314,10 +407,19 @@ class MemoryStore:
 
     # -- housekeeping ------------------------------------------------------------------------
 
+    def _prune_now_and_then(self, now: float) -> None:
+        if now - self._pruned_at >= 1.0:
+            self._pruned_at = now
+            self._prune(now)
+
     def _prune(self, now: float) -> None:
         """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs)."""
         for tid in [t for t, until in self._retain.items() if until < now]:
-            self._tasks.pop(tid, None)
+            gone = self._tasks.pop(tid, None)
+            if gone is not None and gone.agent in self._agent_tasks:
+                self._agent_tasks[gone.agent].discard(tid)
+                if not self._agent_tasks[gone.agent]:
+                    del self._agent_tasks[gone.agent]
             self._retain.pop(tid, None)
             self._creds.pop(tid, None)
             self._task_servers.pop(tid, None)

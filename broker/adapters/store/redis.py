@@ -63,8 +63,10 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
@@ -88,8 +90,9 @@ from broker.adapters.store._redis_codec import (
 from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
 from broker.adapters.store._redis_keys import RedisPublishedKeys
-from broker.app.ports import Quotas
+from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import ApprovalRecord
+from broker.core.blocks import Block, covering, refusal
 from broker.core.errors import (
     FailedPrecondition,
     InvalidRequest,
@@ -144,6 +147,8 @@ class RedisStore:
         self._guard = Guard(where, deadline)
         self._mint = client.register_script(lua.MINT)
         self._consume = client.register_script(lua.CONSUME)
+        self._block_put = client.register_script(lua.BLOCK_PUT)
+        self._cap = client.register_script(lua.CAP_RESERVE)
         self._reserve = client.register_script(lua.RESERVE)
         self._release_script = client.register_script(lua.RELEASE)
         self._create = client.register_script(lua.CREATE)
@@ -157,7 +162,9 @@ class RedisStore:
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
-        self._approvals = RedisApprovals(client, namespace, self._guard, self._run)
+        self._approvals = RedisApprovals(
+            client, namespace, self._guard, self._run, self._reserve_cap, self._release_cap
+        )
         self._published = RedisPublishedKeys(client, namespace, self._run)
 
     # -- keys ----------------------------------------------------------------------------------
@@ -184,9 +191,44 @@ class RedisStore:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    async def create_task(self, task: TaskRecord, *, retain_until: float) -> None:
+    async def create_task(
+        self, task: TaskRecord, *, retain_until: float, max_live_per_agent: int = 0
+    ) -> None:
         with self._guard.budget():
-            await self._create_task(task, retain_until)
+            if max_live_per_agent:
+                await self._reserve_cap(
+                    self._agent_live_tasks(task.agent),
+                    task.task_id,
+                    task.expires_at,
+                    task.created_at,
+                    max_live_per_agent,
+                    f"agent {task.agent} has {{n}} live tasks (limit {max_live_per_agent}); "
+                    "end some first",
+                )
+            try:
+                await self._create_task(task, retain_until)
+            except BaseException:
+                if max_live_per_agent:
+                    await self._release_cap(self._agent_live_tasks(task.agent), task.task_id)
+                raise
+
+    def _agent_live_tasks(self, agent: str) -> str:
+        return f"{self._ns}:{{agent:{agent}}}:live"
+
+    async def _reserve_cap(
+        self, key: str, member: str, expires: float, now: float, limit: int, message: str
+    ) -> None:
+        ok, n = await self._run(self._cap, [key], [member, ms(expires), fnum(now * 1000), limit])
+        if not int(ok):
+            raise QuotaExceeded(message.format(n=int(n)))
+
+    async def _release_cap(self, key: str, member: str) -> None:
+        """Best effort: a member not released here still ends at its expiry (fails closed)."""
+        try:
+            async with self._guard.io():
+                await self._r.zrem(key, member)
+        except StoreUnavailable:
+            log.warning("a per-agent cap entry was not released (frees up at expiry)")
 
     async def _create_task(self, task: TaskRecord, retain_until: float) -> None:
         tid, parent = task.task_id, task.parent_task_id
@@ -221,6 +263,8 @@ class RedisStore:
                 fnum(task.ended_at) if task.ended_at else "",
                 task.end_reason,
                 ttl_ms,
+                "\n".join(task.act),
+                fnum(task.created_at),
             ],
         )
         if not created:
@@ -320,6 +364,7 @@ class RedisStore:
                 continue
             if code == 1:
                 ended.append(tid)
+                await self._release_cap(self._agent_live_tasks(_s(res[1])), tid)
                 now_ms = now * 1000
                 scores = [int(float(x)) for x in res[3][1::2]]
                 killed += sum(1 for score in scores if score > now_ms)
@@ -397,10 +442,20 @@ class RedisStore:
     # -- approvals (broker.adapters.store._redis_approvals) ----------------------------------------
 
     async def create_approval(
-        self, approval: ApprovalRecord, *, now: float, max_pending: int
+        self,
+        approval: ApprovalRecord,
+        *,
+        now: float,
+        max_pending: int,
+        max_pending_per_agent: int = 0,
     ) -> ApprovalRecord:
         with self._guard.budget():
-            return await self._approvals.create(approval, now=now, max_pending=max_pending)
+            return await self._approvals.create(
+                approval,
+                now=now,
+                max_pending=max_pending,
+                max_pending_per_agent=max_pending_per_agent,
+            )
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
         return await self._approvals.get(approval_id)
@@ -425,12 +480,14 @@ class RedisStore:
     # -- credentials ---------------------------------------------------------------------------
 
     async def record_credential(
-        self, cred: CredentialRecord, *, quotas: Quotas, now: float
+        self, cred: CredentialRecord, *, quotas: Quotas, now: float, taint: Taint | None = None
     ) -> None:
         with self._guard.budget():
-            await self._record_credential(cred, quotas, now)
+            await self._record_credential(cred, quotas, now, taint)
 
-    async def _record_credential(self, cred: CredentialRecord, quotas: Quotas, now: float) -> None:
+    async def _record_credential(
+        self, cred: CredentialRecord, quotas: Quotas, now: float, taint: Taint | None
+    ) -> None:
         tid = cred.task_id
         if not task_id_ok(tid):
             raise NotFound(f"task {tid} not found", Reason.TASK_NOT_FOUND)
@@ -471,12 +528,29 @@ class RedisStore:
                 pack_target(cred.server, cred.tool),
                 exp_ms,
                 fnum(now * 1000),
+                "" if taint is None else int(taint),
             ],
         )
         status = _s(res[0])
         if status != "OK":
             await self._release(cred.agent, [bucket])
+            if status == "TAINT":
+                raise TaintRose(Taint(int(res[1])))
             raise _mint_refusal(status, res, cred, quotas)
+        # Kill switches: read after the record, so a block written before this read refuses the
+        # credential, and one written after it finds the credential recorded (and covers it:
+        # floors only rise). Refused here, the credential is recorded but never handed out.
+        block = covering(
+            await self.list_blocks(now),
+            agents=(cred.agent, *_chain(res[2])),
+            server=cred.server,
+            tier=cred.tier,
+            issued_at=cred.issued_at,
+            task_created_at=float(res[3]),
+            now=now,
+        )
+        if block is not None:
+            raise refusal(block, now, tid)
         if first:  # keep the server index entry as long as the task is retained
             try:
                 await self._run(
@@ -491,14 +565,35 @@ class RedisStore:
                 log.warning("could not extend the server index entry of task %s", tid)
 
     async def consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
+        with self._guard.budget():  # two round trips (consume, blocks), one deadline
+            return await self._consume_credential(task_id, jti, now)
+
+    async def _consume_credential(self, task_id: str, jti: str, now: float) -> ConsumeResult:
         field = jti_field(task_id, jti) if task_id_ok(task_id) else None
         if field is None:
             return ConsumeResult.UNKNOWN
         keys = self._task_keys(task_id)
-        res = await self._run(self._consume, keys[:3], [field])
+        res = await self._run(self._consume, keys[:4], [field])
         result = ConsumeResult(int(res[0]))
-        if result is ConsumeResult.OK:
-            self._defer_release(_s(res[1]), quota_bucket(ms(packed_expiry(res[2]))))
+        if result is not ConsumeResult.OK:
+            return result
+        agent = _s(res[1])
+        self._defer_release(agent, quota_bucket(ms(packed_expiry(res[2]))))
+        # Kill switches, read after the consume: a block written before this read refuses it;
+        # one written after found the credential already used (floors only rise), so the
+        # outcome is as if the block had been checked inside the consume.
+        blocks = await self.list_blocks(now)
+        if blocks:
+            cred = unpack_credential(task_id, agent, field.encode(), res[2], res[3] or b'["",""]')
+            if covering(
+                blocks,
+                agents=(agent, *_chain(res[4])),
+                server=cred.server,
+                tier=cred.tier,
+                issued_at=cred.issued_at,
+                now=now,
+            ):
+                return ConsumeResult.REVOKED
         return result
 
     async def get_credential(self, task_id: str, jti: str) -> CredentialRecord | None:
@@ -547,9 +642,18 @@ class RedisStore:
     # -- revocation feed -----------------------------------------------------------------------
 
     async def publish_revocation(
-        self, kind: RevocationKind, subject: str, revoked_at: float, reason: str
+        self,
+        kind: RevocationKind,
+        subject: str,
+        revoked_at: float,
+        reason: str,
+        *,
+        blocked: bool = False,
+        until: float = 0.0,
     ) -> RevocationEvent:
-        return await self._feed.publish(kind, subject, revoked_at, reason)
+        return await self._feed.publish(
+            kind, subject, revoked_at, reason, blocked=blocked, until=until
+        )
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
         return await self._feed.since(cursor, limit)
@@ -560,6 +664,53 @@ class RedisStore:
 
     async def last_revocation_cursor(self) -> str:
         return await self._feed.last_cursor()
+
+    # -- kill switches (broker.core.blocks) --------------------------------------------------------
+
+    def _blocks_key(self) -> str:
+        return f"{self._ns}:blocks"
+
+    async def put_block(self, block: Block, *, now: float) -> Block:
+        value = orjson.dumps([block.blocked, block.until, block.reason, block.by, block.created_at])
+        floor, keep = await self._run(
+            self._block_put,
+            [self._blocks_key()],
+            [
+                f"{block.kind}\n{block.subject}",
+                value,
+                fnum(block.floor),
+                fnum(block.keep_until) if block.keep_until else "0",
+                fnum(now),
+            ],
+        )
+        return replace(block, floor=float(floor), keep_until=float(keep))
+
+    async def list_blocks(self, now: float) -> Sequence[Block]:
+        async with self._guard.io():
+            raw: Any = await self._r.hgetall(self._blocks_key())
+        if not raw:
+            return []
+        fields = {_s(k): v for k, v in raw.items()}
+        out = []
+        for name, value in fields.items():
+            if name.startswith(("F:", "K:")) or "\n" not in name:
+                continue
+            kind, subject = name.split("\n", 1)
+            blocked, until, reason, by, created_at = orjson.loads(value)
+            block = Block(
+                kind=kind,
+                subject=subject,
+                floor=float(fields.get("F:" + name, b"0")),
+                blocked=bool(blocked),
+                until=float(until),
+                reason=str(reason),
+                by=str(by),
+                created_at=float(created_at),
+                keep_until=float(fields.get("K:" + name, b"0")),
+            )
+            if block.retained(now):
+                out.append(block)
+        return out
 
     # -- housekeeping --------------------------------------------------------------------------
 
@@ -578,6 +729,12 @@ class RedisStore:
     async def close(self) -> None:
         self._feed.close()
         await self._r.aclose()
+
+
+def _chain(raw: object) -> tuple[str, ...]:
+    """A task's delegation chain as stored ('ac': agents joined by newlines)."""
+    text = _s(raw) if raw else ""
+    return tuple(text.split("\n")) if text else ()
 
 
 def _mint_refusal(

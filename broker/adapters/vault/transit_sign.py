@@ -26,7 +26,7 @@ from broker.adapters.vault._http import FastJson, HttpError
 from broker.adapters.vault.client import VaultClient, response_data
 from broker.adapters.vault.config import AuthMethod, TransitConfig
 from broker.core.errors import ConfigError, Reason, VaultUnavailable
-from broker.core.tokens.jws import ES256, SIGNATURE_BYTES, b64url_decode
+from broker.core.tokens.jws import ES256, SIGNATURE_BYTES, b64url_decode, es256_low_s
 
 log = logging.getLogger("broker.adapters.vault.transit")
 
@@ -198,7 +198,7 @@ class TransitSigner:
             return VaultUnavailable(
                 "Transit returned a malformed signature", Reason.SIGNING_UNAVAILABLE
             )
-        return raw
+        return es256_low_s(raw) if self._alg == ES256 else raw  # verifiers require low-S
 
 
 def _copy(exc: BaseException) -> BaseException:

@@ -101,9 +101,11 @@ class BrokerClient:
         ttl_seconds: int = 0,
         labels: Mapping[str, str] | None = None,
         parent_task_id: str = "",
+        delegates: Iterable[str] = (),
     ) -> Task:
         """Begin a task; prefer ``task()``, which also ends it. ``plan`` holds ``(server,
-        tool)`` steps (tool ``""``: any tool of that server)."""
+        tool)`` steps (tool ``""``: any tool of that server). ``delegates``: SPIFFE IDs of the
+        other agents that may begin sub-tasks of this one (its own agent always may)."""
         resp = await self._call(
             "BeginTask",
             self._stub.BeginTask,
@@ -114,6 +116,7 @@ class BrokerClient:
                 plan=[common_pb2.PlannedStep(server=s, tool=t) for s, t in plan],
                 labels=dict(labels or {}),
                 parent_task_id=parent_task_id,
+                delegates=list(delegates),
             ),
         )
         return Task(self, str(resp.task_id), _seconds(resp.expires_at))
@@ -129,6 +132,7 @@ class BrokerClient:
         labels: Mapping[str, str] | None = None,
         parent: Task | None = None,
         outcome: str = "completed",
+        delegates: Iterable[str] = (),
     ) -> AsyncIterator[Task]:
         """A task for the duration of the block: ended on exit with ``outcome``, or with
         ``"failed: <ExceptionType>"`` when the block raises (the exception propagates)."""
@@ -139,6 +143,7 @@ class BrokerClient:
             ttl_seconds=ttl_seconds,
             labels=labels,
             parent_task_id=parent.task_id if parent else "",
+            delegates=delegates,
         )
         try:
             yield task

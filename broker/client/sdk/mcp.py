@@ -100,6 +100,9 @@ class McpTools:
         bound = _CALL.set(call)
         try:
             async with Client(streamable_http_client(self.url, http_client=self._http)) as client:
+                # The SDK lists the tools to check a result's schema; listed before the call,
+                # while the credential is unused (a used one is refused at every request).
+                await client.list_tools()
                 return await client.call_tool(tool, dict(arguments))
         except Exception as exc:
             if call.challenge is not None:

@@ -37,6 +37,13 @@ class KeyCache:
         self._lock = asyncio.Lock()
         self.fetches = 0
 
+    def forget(self) -> None:
+        """Drop the cached keys (the broker's feed was reset: a restarted broker may sign with
+        other keys); the next verification or refresh loads them again."""
+        self.keys = KeySet()
+        self.fetched_at = None
+        self._attempted_at = None
+
     def due(self) -> bool:
         """Whether a rate-limited refresh would be allowed now."""
         last = self._attempted_at

@@ -10,6 +10,10 @@ Per verification (no I/O unless the token names a kid not yet seen):
    (agent, server, tier, issued before T) -> ``REVOKED``;
 4. single use in this process (``verify`` only): a jti accepted before -> ``REPLAYED``.
 
+Every refusal is kept in a bounded buffer and reported to the broker in batches in the
+background (``ReportRefusals``, ``broker.client.verifier.refusals``): the broker's audit trail
+shows what its offline verifiers refused, without a verification ever waiting for it.
+
 The feed: a background task follows ``WatchRevocations`` from the last cursor it saw, reading
 with a watchdog of ``stale_after`` seconds, and reconnects with exponential back-off (jittered,
 ``backoff_initial`` to ``backoff_max``) after an error, an end of stream or a silent stream. If
@@ -47,10 +51,14 @@ from broker.client.verifier.base import (
     call_of,
     presenter_thumbprint,
 )
+from broker.client.verifier.refusals import BATCH as REFUSAL_BATCH
+from broker.client.verifier.refusals import NotedRefusal, RefusalBuffer
 from broker.client.verifier.state import Freshness, ReplayCache, RevocationState
 from broker.core.errors import BrokerError, InvalidRequest, Reason, Unauthenticated
 from broker.core.model import RevocationEvent, RevocationKind
+from broker.core.text import printable
 from broker.core.tokens.claims import TokenClaims
+from broker.rpc.convert import timestamp
 
 log = logging.getLogger("broker.client.verifier")
 
@@ -64,6 +72,7 @@ KIND_OF_PB = {
     verifier_pb2.REVOCATION_KIND_CREDENTIAL: RevocationKind.CREDENTIAL,
 }
 PRUNE_EVERY = 1.0  # seconds between prunings of the revocation state
+REPORT_EVERY = 1.0  # seconds between reports of refusals to the broker
 
 
 class OfflineVerifier(BaseVerifier):
@@ -82,6 +91,9 @@ class OfflineVerifier(BaseVerifier):
         self.reconnects = 0
         self.last_error = ""
         self._follower: asyncio.Task[None] | None = None
+        self.refusals = RefusalBuffer()
+        self.report_every = REPORT_EVERY
+        self._reporter: asyncio.Task[None] | None = None
         self._closing = False
         self._progress = asyncio.Event()
         self._pruned_at = float("-inf")
@@ -96,6 +108,10 @@ class OfflineVerifier(BaseVerifier):
             self._follower = asyncio.get_running_loop().create_task(
                 self._follow(), name=f"revocation-feed {self.identity}"
             )
+        if self._reporter is None:
+            self._reporter = asyncio.get_running_loop().create_task(
+                self._report_refusals(), name=f"refusal-reports {self.identity}"
+            )
         if not await self.wait_fresh(self.settings.start_timeout):
             raise BrokerUnavailable(
                 f"the revocation feed from {self.address} did not start within "
@@ -104,6 +120,13 @@ class OfflineVerifier(BaseVerifier):
 
     async def aclose(self) -> None:
         self._closing = True
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            reporter.cancel()
+            await asyncio.wait({reporter}, timeout=1.0)
+            with contextlib.suppress(TimeoutError):  # the last batch, best effort
+                async with asyncio.timeout(1.0):
+                    await self.flush_refusals()
         follower, self._follower = self._follower, None
         # A cancellation can be lost (a read that completes as it is cancelled): insist.
         while follower is not None and not follower.done():
@@ -134,11 +157,20 @@ class OfflineVerifier(BaseVerifier):
         return await self._counted(self._authenticate(token))
 
     async def _authenticate(self, token: str) -> TokenClaims:
-        """All checks but the call binding and single use (for the HTTP layer, which does not
-        know the tool call yet). Does not consume the credential."""
-        self.freshness.check(self.monotonic())
-        claims = await self._authenticated(token)
-        self.revocations.check(claims)
+        """All checks but the call binding (for the HTTP layer, which does not know the tool call
+        yet); a credential this process already accepted is refused. Does not consume it."""
+        claims: TokenClaims | None = None
+        try:
+            self.freshness.check(self.monotonic())
+            claims = await self._authenticated(token)
+            self.revocations.check(claims, self.clock.now())
+            if claims.jti in self.replay:  # used here already: no request of a session outlives
+                raise Unauthenticated(
+                    "credential was already used: it verifies once", Reason.REPLAYED
+                )
+        except Unauthenticated as exc:
+            self._note(exc, claims, "")
+            raise
         self._maybe_refresh_keys()
         return claims
 
@@ -165,15 +197,80 @@ class OfflineVerifier(BaseVerifier):
     ) -> VerifiedCall:
         """Verify ``token`` for this call of ``tool`` with ``arguments`` (or their
         ``args_sha256``) and consume it. Raises ``Unauthenticated`` with the reason."""
-        self.freshness.check(self.monotonic())
-        digest = call_digest(arguments, args_sha256)
-        presenter = presenter_thumbprint(presenter_cert_sha256)
-        claims = await self._checked(token, tool, digest, presenter)
-        self.revocations.check(claims)
-        if not self.replay.consume(claims.jti, float(claims.exp), self.clock.now()):
-            raise Unauthenticated("credential was already used: it verifies once", Reason.REPLAYED)
+        claims: TokenClaims | None = None
+        try:
+            self.freshness.check(self.monotonic())
+            digest = call_digest(arguments, args_sha256)
+            presenter = presenter_thumbprint(presenter_cert_sha256)
+            claims = await self._checked(token, tool, digest, presenter)
+            self.revocations.check(claims, self.clock.now())
+            if not self.replay.consume(claims.jti, float(claims.exp), self.clock.now()):
+                raise Unauthenticated(
+                    "credential was already used: it verifies once", Reason.REPLAYED
+                )
+        except Unauthenticated as exc:
+            self._note(exc, claims, tool)
+            raise
         self._maybe_refresh_keys()
         return call_of(claims, self.mode)
+
+    # -- refusals, to the broker's audit trail ---------------------------------------------------
+
+    def _note(self, exc: Unauthenticated, claims: TokenClaims | None, tool: str) -> None:
+        """Keep a refusal for the next report: never blocks, never the token."""
+        if claims is None and isinstance(exc.claims, TokenClaims):
+            claims = exc.claims  # the signature had verified
+        if claims is not None:
+            noted = NotedRefusal(
+                reason=exc.reason.value,
+                refused_at=self.clock.now(),
+                tool=tool or claims.authorization_details[0].tool,
+                jti=claims.jti,
+                task_id=claims.task,
+                agent=claims.sub,
+            )
+        else:
+            noted = NotedRefusal(reason=exc.reason.value, refused_at=self.clock.now(), tool=tool)
+        self.refusals.note(noted)
+
+    async def flush_refusals(self) -> int:
+        """Send what is buffered, in batches; what fails stays for the next round."""
+        sent = 0
+        while len(self.refusals) or self.refusals.dropped:
+            batch = self.refusals.take(REFUSAL_BATCH)
+            dropped = self.refusals.dropped
+            request = verifier_pb2.ReportRefusalsRequest(
+                refusals=[
+                    verifier_pb2.Refusal(
+                        reason=r.reason,
+                        jti=r.jti,
+                        task_id=r.task_id,
+                        tool=r.tool,
+                        agent=r.agent,
+                        refused_at=timestamp(r.refused_at),
+                        mode=self.mode,
+                    )
+                    for r in batch
+                ],
+                dropped=dropped,
+            )
+            try:
+                await self._rpc("ReportRefusals", self.stub.ReportRefusals, request)
+            except BrokerError as exc:
+                self.refusals.put_back(batch)
+                log.warning("could not report %d refusals to the broker: %s", len(batch), exc)
+                break
+            self.refusals.dropped -= dropped
+            sent += len(batch)
+        return sent
+
+    async def _report_refusals(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.report_every)
+            try:
+                await self.flush_refusals()
+            except Exception:  # the reporter must survive anything
+                log.exception("reporting refusals failed")
 
     # -- the revocation feed -------------------------------------------------------------------
 
@@ -184,7 +281,12 @@ class OfflineVerifier(BaseVerifier):
         if event.kind != "heartbeat":
             self.revocations.apply(event)
             self.events += 1
-            log.info("revocation: %s %s (%s)", event.kind, event.subject, event.reason)
+            log.info(  # fields from the feed are escaped: a log line cannot be forged
+                "revocation: %s %s (%s)",
+                printable(event.kind, 32),
+                printable(event.subject, 600),
+                printable(event.reason, 600),
+            )
         now = self.monotonic()
         self.freshness.touch(now)
         if self.metrics is not None:
@@ -215,6 +317,8 @@ class OfflineVerifier(BaseVerifier):
 
     async def _follow_once(self) -> bool:
         """One subscription, until it fails or goes silent; whether it delivered anything."""
+        if self.keys.fetched_at is None:  # dropped by a reset: load them before accepting
+            await self.keys.refresh()
         call = self.stub.WatchRevocations(verifier_pb2.WatchRevocationsRequest(since=self.cursor))
         got_any = False
         try:
@@ -231,6 +335,12 @@ class OfflineVerifier(BaseVerifier):
                         subject=msg.subject,
                         revoked_at=float(msg.revoked_at.ToNanoseconds()) / 1e9,
                         reason=msg.reason,
+                        blocked=msg.blocked,
+                        until=(
+                            float(msg.blocked_until.ToNanoseconds()) / 1e9
+                            if msg.HasField("blocked_until")
+                            else 0.0
+                        ),
                     )
                 )
                 got_any = True
@@ -251,6 +361,7 @@ class OfflineVerifier(BaseVerifier):
             # token issued up to now (plus leeway for clock skew) and follow from now on.
             floor = self.clock.now() + self.settings.leeway
             self.revocations.revoke_issued_before(floor)
+            self.keys.forget()  # a restarted broker may sign with other keys: load them again
             log.warning(
                 "revocation feed reset (cursor %r refused): refusing tokens issued before %.0f",
                 self.cursor,

@@ -5,8 +5,10 @@ revocation is exact, and ``VerifiedCall.taint`` is the task's taint now rather t
 credential was minted. The cost is a round trip to the broker per tool call (see docs/mcp.md).
 
 ``authenticate`` (the HTTP layer, before the tool call is known) checks the signature, issuer,
-audience and time against the cached keys, without a round trip and without consuming. If the
-broker cannot be reached, ``verify`` fails closed with ``STALE``: revocation cannot be confirmed.
+audience and time against the cached keys, then asks the broker without consuming
+(``check_only``): a used credential, an ended task's or a blocked subject's is refused at every
+request of a session, not only at the tool call. If the broker cannot be reached, both fail
+closed with ``STALE``: revocation cannot be confirmed.
 """
 
 from __future__ import annotations
@@ -35,8 +37,27 @@ class OnlineVerifier(BaseVerifier):
         return await self._counted(self._authenticate(token))
 
     async def _authenticate(self, token: str) -> TokenClaims:
+        """Local checks, then the broker's, without consuming (``check_only``): a credential
+        already used, of an ended or revoked task, or under a kill switch is refused here too,
+        so that no request of a session outlives it."""
         claims = await self._authenticated(token)
         self._maybe_refresh_keys()
+        detail = claims.authorization_details[0]
+        try:
+            await self._rpc(
+                "VerifyCredential",
+                self.stub.VerifyCredential,
+                verifier_pb2.VerifyCredentialRequest(
+                    token=token, tool=detail.tool, args_sha256=detail.args_sha256, check_only=True
+                ),
+            )
+        except BrokerUnavailable as exc:
+            raise Unauthenticated(
+                f"the broker cannot be reached to check the credential: {exc.message}",
+                Reason.STALE,
+            ) from None
+        except BrokerError as exc:
+            raise rejected(exc) from None
         return claims
 
     async def verify(

@@ -65,6 +65,8 @@ class RevocationState:
     tasks: dict[str, float] = field(default_factory=dict)  # task id -> revoked_at
     credentials: dict[str, float] = field(default_factory=dict)  # jti -> revoked_at
     floors: dict[tuple[str, str], float] = field(default_factory=dict)  # (kind, subject) -> at
+    # kill switches in force: (kind, subject) -> end of the block (inf: until lifted)
+    blocks: dict[tuple[str, str], float] = field(default_factory=dict)
     issued_before: float = float("-inf")
 
     def apply(self, event: RevocationEvent) -> None:
@@ -76,6 +78,10 @@ class RevocationState:
         elif event.kind in FLOOR_KINDS:
             key = (event.kind, event.subject)
             self.floors[key] = max(at, self.floors.get(key, at))
+            if event.blocked:  # a kill switch: every token refused until it ends or is lifted
+                self.blocks[key] = event.until or float("inf")
+            else:  # a floor only, or the block's lift
+                self.blocks.pop(key, None)
         else:  # "issued_before", or a kind this code does not know: fail closed
             self.revoke_issued_before(at)
 
@@ -83,8 +89,9 @@ class RevocationState:
         """Every token issued at or before ``at`` is revoked (also: after a feed reset)."""
         self.issued_before = max(self.issued_before, at)
 
-    def check(self, claims: TokenClaims) -> None:
-        """Raise ``Unauthenticated(REVOKED)`` if a feed event revoked this token."""
+    def check(self, claims: TokenClaims, now: float | None = None) -> None:
+        """Raise ``Unauthenticated(REVOKED)`` if a feed event revoked this token (blocks are
+        checked when ``now`` is given)."""
         if claims.task in self.tasks:
             raise Unauthenticated(f"task {claims.task} has ended or was revoked", Reason.REVOKED)
         if claims.jti in self.credentials:
@@ -94,13 +101,19 @@ class RevocationState:
             raise Unauthenticated(
                 f"every token issued up to {self.issued_before:.0f} was revoked", Reason.REVOKED
             )
-        if self.floors:
+        if self.floors or self.blocks:
             for kind, subject in (
                 (RevocationKind.SERVER, claims.aud),
                 (RevocationKind.TIER, str(claims.tier)),
                 (RevocationKind.AGENT, claims.sub),
                 *((RevocationKind.AGENT, actor) for actor in claims.actors),
             ):
+                until = self.blocks.get((kind, subject))
+                if until is not None and now is not None and now < until:
+                    raise Unauthenticated(
+                        f"{kind} {subject} is blocked by an operator (kill switch)",
+                        Reason.REVOKED,
+                    )
                 floor = self.floors.get((kind, subject))
                 if floor is not None and iat <= floor:
                     raise Unauthenticated(
@@ -114,6 +127,8 @@ class RevocationState:
         _drop_older(self.tasks, horizon)
         _drop_older(self.credentials, horizon)
         _drop_older(self.floors, horizon)
+        for key in [k for k, until in self.blocks.items() if until <= now]:
+            del self.blocks[key]
         if self.issued_before < horizon:
             self.issued_before = float("-inf")
 

@@ -8,7 +8,7 @@ Matching runs on the folded copy (:mod:`broker.core.sanitizer.fold`); details qu
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from broker.core.sanitizer.rules import (
     Rule,
     gate_holds,
 )
+from broker.core.sanitizer.skeleton import skeleton
 
 
 def _trie(entries: Mapping[str, Sequence[str]]) -> str:
@@ -111,7 +112,28 @@ def _report(sink: Sink, kind: str, label: str, text: str, start: int, end: int) 
 
 
 def find_phrases(text: str, sink: Sink) -> None:
-    """Reports instruction-like phrases in ``text``."""
+    """Reports instruction-like phrases in ``text``, then those only its skeleton shows
+    (:mod:`broker.core.sanitizer.skeleton`: markup and combining marks gone, confusables
+    mapped), each at its offset in ``text``."""
+    seen: set[tuple[str, int]] = set()
+    _find(text, sink, seen, None)
+    plain = skeleton(text)
+    if plain is not None:
+        copy, back = plain
+        _find(copy, sink.through(back), seen, back)
+
+
+def _find(
+    text: str, sink: Sink, seen: set[tuple[str, int]], back: Callable[[int], int] | None
+) -> None:
+    """One pass; ``seen`` holds (kind, offset in the original) already reported."""
+
+    def report(kind: str, label: str, start: int, end: int) -> None:
+        key = (kind, back(start) if back is not None else start)
+        if key not in seen:
+            seen.add(key)
+            _report(sink, kind, label, text, start, end)
+
     low = fold(text)
     gates = {gate: gate_holds(gate, low) for gate in GATES}
     gates[""] = True
@@ -143,9 +165,9 @@ def find_phrases(text: str, sink: Sink) -> None:
                 and FILE_OR_PATH.search(m.group()) is None
             ):
                 continue
-            _report(sink, rule.kind, rule.label, text, pos, m.end())
+            report(rule.kind, rule.label, pos, m.end())
             break
     if ":" in low:
         for m in LINE_MARKERS.finditer(low):
             group = m.lastgroup or "turn"
-            _report(sink, ROLE_MARKER, LINE_LABELS[group], text, m.start(group), m.end(group))
+            report(ROLE_MARKER, LINE_LABELS[group], m.start(group), m.end(group))

@@ -214,8 +214,29 @@ def _compact(signing_input: bytes, signature: bytes) -> str:
 # JWA primitives (RFC 7518 §3.4, RFC 8037 §3.1). Verifiers raise Unauthenticated(BAD_SIGNATURE).
 
 
+# The order of P-256. ECDSA signatures are malleable: (r, n - s) verifies as well as (r, s).
+# Ours are always "low-S" (s <= n/2), and a high-S one is refused, so a token has exactly one
+# valid encoding: nothing (a cache, a replay check, an audit comparison) can be fooled by a
+# second spelling of the same signature.
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+_HALF_N = P256_N // 2
+
+
+def es256_low_s(signature: bytes) -> bytes:
+    """The low-S form of a raw ES256 signature (``r || s``): s replaced by n - s if above n/2.
+    For signatures made elsewhere (Vault Transit does not normalize)."""
+    if len(signature) != SIGNATURE_BYTES:
+        return signature
+    s = int.from_bytes(signature[32:], "big")
+    if s > _HALF_N:
+        return signature[:32] + (P256_N - s).to_bytes(32, "big")
+    return signature
+
+
 def es256_sign(key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> bytes:
     r, s = decode_dss_signature(key.sign(signing_input, _ECDSA_SHA256))
+    if s > _HALF_N:
+        s = P256_N - s
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
@@ -225,9 +246,13 @@ def es256_verify(key: ec.EllipticCurvePublicKey, signing_input: bytes, signature
             f"an ES256 signature is 64 bytes (r || s), this one is {len(signature)}",
             Reason.BAD_SIGNATURE,
         )
-    der = encode_dss_signature(
-        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    )
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    if not (0 < r < P256_N and 0 < s <= _HALF_N):
+        raise Unauthenticated(
+            "signature is not in canonical form (ES256 tokens of this broker are low-S)",
+            Reason.BAD_SIGNATURE,
+        )
+    der = encode_dss_signature(r, s)
     try:
         key.verify(der, signing_input, _ECDSA_SHA256)
     except InvalidSignature:

@@ -87,37 +87,44 @@ def verify_token(
     key.verify(signing_input, signature)
 
     claims = TokenClaims.from_payload(payload)
-    if claims.iss != issuer:
-        raise Unauthenticated(
-            f"issuer is {_show(claims.iss)}, expected {issuer!r}", Reason.WRONG_ISSUER
-        )
-    if claims.aud != audience:
-        raise Unauthenticated(
-            f"token is for {_show(claims.aud)}, not for {audience!r}", Reason.WRONG_AUDIENCE
-        )
-    if claims.nbf > now + leeway or claims.iat > now + leeway:
-        raise Unauthenticated(
-            f"token is valid from {max(claims.nbf, claims.iat)}; now is {now:.0f} "
-            f"(leeway {leeway:g} s)",
-            Reason.NOT_YET_VALID,
-        )
-    if claims.exp <= now - leeway:
-        raise Unauthenticated(
-            f"token expired at {claims.exp}; now is {now:.0f} (leeway {leeway:g} s)",
-            Reason.TOKEN_EXPIRED,
-        )
-    detail = claims.authorization_details[0]
-    if detail.tool != tool:
-        raise Unauthenticated(
-            f"token is for tool {_show(detail.tool)}, not {_show(tool)}", Reason.TOOL_MISMATCH
-        )
-    if not _ct_equal(detail.args_sha256, args_sha256):
-        raise Unauthenticated(
-            "the arguments of this call do not match the token's args_sha256", Reason.ARGS_MISMATCH
-        )
-    if presenter_x5t_s256 is not None and not _ct_equal(claims.cnf_x5t_s256, presenter_x5t_s256):
-        raise Unauthenticated(
-            "the presenter's certificate is not the one the token is bound to (cnf.x5t#S256)",
-            Reason.CERT_MISMATCH,
-        )
+    try:  # the signature verified: a refusal from here on carries what the token says
+        if claims.iss != issuer:
+            raise Unauthenticated(
+                f"issuer is {_show(claims.iss)}, expected {issuer!r}", Reason.WRONG_ISSUER
+            )
+        if claims.aud != audience:
+            raise Unauthenticated(
+                f"token is for {_show(claims.aud)}, not for {audience!r}", Reason.WRONG_AUDIENCE
+            )
+        if claims.nbf > now + leeway or claims.iat > now + leeway:
+            raise Unauthenticated(
+                f"token is valid from {max(claims.nbf, claims.iat)}; now is {now:.0f} "
+                f"(leeway {leeway:g} s)",
+                Reason.NOT_YET_VALID,
+            )
+        if claims.exp <= now - leeway:
+            raise Unauthenticated(
+                f"token expired at {claims.exp}; now is {now:.0f} (leeway {leeway:g} s)",
+                Reason.TOKEN_EXPIRED,
+            )
+        detail = claims.authorization_details[0]
+        if detail.tool != tool:
+            raise Unauthenticated(
+                f"token is for tool {_show(detail.tool)}, not {_show(tool)}", Reason.TOOL_MISMATCH
+            )
+        if not _ct_equal(detail.args_sha256, args_sha256):
+            raise Unauthenticated(
+                "the arguments of this call do not match the token's args_sha256",
+                Reason.ARGS_MISMATCH,
+            )
+        if presenter_x5t_s256 is not None and not _ct_equal(
+            claims.cnf_x5t_s256, presenter_x5t_s256
+        ):
+            raise Unauthenticated(
+                "the presenter's certificate is not the one the token is bound to (cnf.x5t#S256)",
+                Reason.CERT_MISMATCH,
+            )
+    except Unauthenticated as exc:
+        exc.claims = claims
+        raise
     return claims

@@ -73,7 +73,8 @@ async def test_a_sub_task_inherits_its_parents_taint(harness: Harness) -> None:
 
 
 async def test_delegating_does_not_lend_the_parents_identity(harness: Harness) -> None:
-    parent = await harness.task()
+    # the parent names the stranger as its delegate (issue 13: delegation needs consent)
+    parent = await harness.task(delegates=(str(STRANGER.spiffe_id),))
     child = await harness.task(STRANGER, parent_task_id=parent.task_id)
     with pytest.raises(PermissionDenied) as err:  # the stranger is still not in the registry
         await harness.ask(child, "docs", "search_docs", who=STRANGER)

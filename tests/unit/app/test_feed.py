@@ -37,13 +37,12 @@ async def test_a_follower_gets_a_heartbeat_then_the_events_after_its_cursor(
     second = await harness.task()
     await harness.admin.revoke_agent(OPERATOR, "demo", reason="", dry_run=False)
 
-    beat, *events = await take(harness, seen.cursor, 3)
+    beat, *events = await take(harness, seen.cursor, 2)
 
     assert (beat.kind, beat.cursor) == (HEARTBEAT, seen.cursor)
-    # the agent's floor event first (offline verifiers cut at once), then each task it ended
-    assert [(e.kind, e.subject) for e in events] == [
-        (RevocationKind.AGENT, second.agent),
-        (RevocationKind.TASK, second.task_id),
+    # the agent's one kill-switch event (issue 13: no walk over its tasks, no event per task)
+    assert [(e.kind, e.subject, e.blocked) for e in events] == [
+        (RevocationKind.AGENT, second.agent, True),
     ]
 
 
@@ -59,4 +58,21 @@ async def test_from_now_on_starts_at_the_end_of_the_feed(harness: Harness) -> No
 async def test_a_cursor_that_is_not_this_feeds_names_since(harness: Harness, since: str) -> None:
     with pytest.raises(InvalidRequest) as err:
         await take(harness, since, 1)
+    assert err.value.field == "since"
+
+
+async def test_a_cursor_of_a_restarted_memory_broker_is_a_reset() -> None:
+    """Issue 13 item 9: after a restart (a new in-memory store) an agent quickly publishes
+    events, so the old cursor is no longer "ahead of the feed"; its epoch still gives it away."""
+    from broker.adapters.store.memory import MemoryStore
+    from broker.app.feed import start_cursor
+
+    before = MemoryStore()
+    for i in range(3):
+        seen = await before.publish_revocation(RevocationKind.TASK, f"t{i}", 1.0, "")
+    after = MemoryStore()  # the broker restarted
+    for i in range(10):  # more events than the verifier had seen
+        await after.publish_revocation(RevocationKind.TASK, f"u{i}", 2.0, "")
+    with pytest.raises(InvalidRequest) as err:
+        await start_cursor(after, seen.cursor)
     assert err.value.field == "since"

@@ -1,5 +1,8 @@
 """Operator revokes by task, agent, server, tier and "issued before": what each ends, what a dry
-run reports without changing anything, and what offline verifiers are told."""
+run reports without changing anything, and what offline verifiers are told.
+
+Since issue 13 a revoke by agent, server, tier or time is one kill-switch record (O(1)), not a
+walk over the tasks: the operator's view (``Admin.list_tasks``) shows the tasks it revoked."""
 
 from __future__ import annotations
 
@@ -7,15 +10,22 @@ import pytest
 
 from broker.app.admin import RevokeResult
 from broker.core.audit.record import AuditEventName
-from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, Unauthenticated
+from broker.core.errors import (
+    FailedPrecondition,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from broker.core.model import RevocationKind, TaskRecord, TaskState
 
 from .conftest import OPERATOR, REGISTRY, STRANGER, Harness
 
 
 async def live(h: Harness, task: TaskRecord) -> bool:
-    stored = await h.store.get_task(task.task_id)
-    return stored is not None and stored.is_live(h.clock.now())
+    """As an operator sees it (kill switches' floors included)."""
+    views = await h.admin.list_tasks(limit=1000)
+    return any(v.task.task_id == task.task_id and v.state is TaskState.ACTIVE for v in views)
 
 
 async def test_a_dry_run_reports_the_scope_and_changes_nothing(harness: Harness) -> None:
@@ -62,23 +72,30 @@ async def test_revoking_an_agent_ends_its_tasks_only_and_sets_a_floor(harness: H
     mine = await harness.task()
     theirs = await harness.task(STRANGER)
     result = await harness.admin.revoke_agent(OPERATOR, "demo", reason="stolen", dry_run=False)
-    assert result.task_ids == (mine.task_id,)
+    assert result.task_ids == () and result.block is not None
+    assert (result.block.subject, result.block.blocked) == (mine.agent, True)
     assert await live(harness, theirs) and not await live(harness, mine)
     [floor] = [e for e in await harness.feed() if e.kind == RevocationKind.AGENT]
     assert (floor.subject, floor.revoked_at) == (mine.agent, harness.clock.now())
+    assert floor.blocked
     assert harness.events(AuditEventName.REVOKE_AGENT)[0]["reason"] == "stolen"
 
 
-async def test_revoking_a_server_ends_the_tasks_that_hold_its_credentials(
+async def test_revoking_a_server_revokes_its_credentials_and_blocks_it(
     harness: Harness,
 ) -> None:
     used_repo = await harness.task()
-    await harness.grant(used_repo, "repo", "read_file")
+    granted = await harness.grant(used_repo, "repo", "read_file")
     used_docs = await harness.task()
     await harness.grant(used_docs, "docs", "search_docs")
     result = await harness.admin.revoke_server(OPERATOR, "repo", reason="", dry_run=False)
-    assert result.task_ids == (used_repo.task_id,)
-    assert await live(harness, used_docs)
+    assert result.task_ids == () and result.block is not None
+    assert await live(harness, used_docs) and await live(harness, used_repo)
+    with pytest.raises(Unauthenticated):
+        await harness.verify(granted, "repo", "read_file")
+    with pytest.raises(PermissionDenied):  # blocked until lifted
+        await harness.ask(used_repo, "repo", "read_file")
+    await harness.grant(used_repo, "docs", "search_docs")  # other servers: unaffected
     [floor] = [e for e in await harness.feed() if e.kind == RevocationKind.SERVER]
     assert floor.subject == REGISTRY.server("repo").spiffe_id
     [record] = harness.events(AuditEventName.REVOKE_SERVER)
@@ -86,14 +103,16 @@ async def test_revoking_a_server_ends_the_tasks_that_hold_its_credentials(
     assert record["reason"] == f"revoked by {OPERATOR.spiffe_id}"  # the default reason
 
 
-async def test_revoking_a_tier_ends_the_tasks_that_used_a_server_of_it(harness: Harness) -> None:
+async def test_revoking_a_tier_revokes_and_blocks_its_servers(harness: Harness) -> None:
     tier2 = await harness.task()
-    await harness.grant(tier2, "secrets", "read_secret")
+    granted = await harness.grant(tier2, "secrets", "read_secret")
     tier1 = await harness.task()
     await harness.grant(tier1, "repo", "read_file")
     result = await harness.admin.revoke_tier(OPERATOR, 2, reason="", dry_run=False)
-    assert result.task_ids == (tier2.task_id,)
+    assert result.task_ids == () and result.block is not None
     assert await live(harness, tier1)
+    with pytest.raises(Unauthenticated):
+        await harness.verify(granted, "secrets", "read_secret")
     [floor] = [e for e in await harness.feed() if e.kind == RevocationKind.TIER]
     assert floor.subject == "2"
     with pytest.raises(InvalidRequest):
@@ -107,8 +126,8 @@ async def test_revoking_issued_before_ends_older_tasks_only(harness: Harness) ->
     harness.clock.advance(10)
     new = await harness.task()
     result = await harness.admin.revoke_issued_before(OPERATOR, cut, reason="", dry_run=False)
-    assert result.task_ids == (old.task_id,)
-    assert await live(harness, new)
+    assert result.block is not None and not result.block.blocked  # a floor only
+    assert await live(harness, new) and not await live(harness, old)
     [floor] = [e for e in await harness.feed() if e.kind == RevocationKind.ISSUED_BEFORE]
     assert (floor.subject, floor.revoked_at) == ("*", cut)
     [record] = harness.events(AuditEventName.REVOKE_ISSUED_BEFORE)
@@ -135,7 +154,6 @@ async def test_every_revoke_is_audited_dry_or_not(harness: Harness, dry_run: boo
     [record] = harness.events(AuditEventName.REVOKE_AGENT)
     assert record["extra"]["dry_run"] is dry_run
     assert record["actor"] == str(OPERATOR.spiffe_id)
-    ended = await harness.store.list_tasks(
-        state=TaskState.REVOKED, now=harness.clock.now(), limit=10
-    )
+    views = await harness.admin.list_tasks(limit=10)
+    ended = [v for v in views if v.state is TaskState.REVOKED]
     assert len(ended) == (0 if dry_run else 1)

@@ -143,34 +143,40 @@ class RevokeTaskRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class RevokeAgentRequest(_message.Message):
-    __slots__ = ("agent", "reason", "dry_run")
+    __slots__ = ("agent", "reason", "dry_run", "duration_seconds")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     agent: str
     reason: str
     dry_run: bool
-    def __init__(self, agent: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    duration_seconds: int
+    def __init__(self, agent: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ..., duration_seconds: _Optional[int] = ...) -> None: ...
 
 class RevokeServerRequest(_message.Message):
-    __slots__ = ("server", "reason", "dry_run")
+    __slots__ = ("server", "reason", "dry_run", "duration_seconds")
     SERVER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     server: str
     reason: str
     dry_run: bool
-    def __init__(self, server: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    duration_seconds: int
+    def __init__(self, server: _Optional[str] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ..., duration_seconds: _Optional[int] = ...) -> None: ...
 
 class RevokeTierRequest(_message.Message):
-    __slots__ = ("tier", "reason", "dry_run")
+    __slots__ = ("tier", "reason", "dry_run", "duration_seconds")
     TIER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
     tier: int
     reason: str
     dry_run: bool
-    def __init__(self, tier: _Optional[int] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    duration_seconds: int
+    def __init__(self, tier: _Optional[int] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ..., duration_seconds: _Optional[int] = ...) -> None: ...
 
 class RevokeIssuedBeforeRequest(_message.Message):
     __slots__ = ("issued_before", "reason", "dry_run")
@@ -183,14 +189,64 @@ class RevokeIssuedBeforeRequest(_message.Message):
     def __init__(self, issued_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class RevokeResponse(_message.Message):
-    __slots__ = ("dry_run", "task_ids", "live_credentials")
+    __slots__ = ("dry_run", "task_ids", "live_credentials", "block")
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     TASK_IDS_FIELD_NUMBER: _ClassVar[int]
     LIVE_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     task_ids: _containers.RepeatedScalarFieldContainer[str]
     live_credentials: int
-    def __init__(self, dry_run: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., live_credentials: _Optional[int] = ...) -> None: ...
+    block: Block
+    def __init__(self, dry_run: _Optional[bool] = ..., task_ids: _Optional[_Iterable[str]] = ..., live_credentials: _Optional[int] = ..., block: _Optional[_Union[Block, _Mapping]] = ...) -> None: ...
+
+class Block(_message.Message):
+    __slots__ = ("kind", "subject", "floor", "blocked", "blocked_until", "reason", "by", "created_at")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    FLOOR_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    subject: str
+    floor: _timestamp_pb2.Timestamp
+    blocked: bool
+    blocked_until: _timestamp_pb2.Timestamp
+    reason: str
+    by: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[str] = ..., subject: _Optional[str] = ..., floor: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., blocked: _Optional[bool] = ..., blocked_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., by: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListBlocksRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class ListBlocksResponse(_message.Message):
+    __slots__ = ("blocks",)
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    blocks: _containers.RepeatedCompositeFieldContainer[Block]
+    def __init__(self, blocks: _Optional[_Iterable[_Union[Block, _Mapping]]] = ...) -> None: ...
+
+class LiftBlockRequest(_message.Message):
+    __slots__ = ("kind", "subject", "reason")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    subject: str
+    reason: str
+    def __init__(self, kind: _Optional[str] = ..., subject: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class LiftBlockResponse(_message.Message):
+    __slots__ = ("block",)
+    BLOCK_FIELD_NUMBER: _ClassVar[int]
+    block: Block
+    def __init__(self, block: _Optional[_Union[Block, _Mapping]] = ...) -> None: ...
 
 class Approval(_message.Message):
     __slots__ = ("approval_id", "task_id", "agent", "server", "tool", "args_sha256", "justification", "reason", "state", "decided_by", "decision_reason", "created_at", "expires_at")

@@ -99,6 +99,16 @@ class AdminServiceStub:
                 request_serializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.ListBlocks = channel.unary_unary(
+                '/broker.v1.AdminService/ListBlocks',
+                request_serializer=broker_dot_v1_dot_admin__pb2.ListBlocksRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_admin__pb2.ListBlocksResponse.FromString,
+                _registered_method=True)
+        self.LiftBlock = channel.unary_unary(
+                '/broker.v1.AdminService/LiftBlock',
+                request_serializer=broker_dot_v1_dot_admin__pb2.LiftBlockRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_admin__pb2.LiftBlockResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -182,6 +192,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBlocks(self, request, context):
+        """Kill switches in force (RevokeAgent, RevokeServer, RevokeTier) and retained floors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftBlock(self, request, context):
+        """Ends a block now: the subject may start tasks and get credentials again (what it was
+        revoked for stays revoked).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +274,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadPolicy,
                     request_deserializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyRequest.FromString,
                     response_serializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'ListBlocks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBlocks,
+                    request_deserializer=broker_dot_v1_dot_admin__pb2.ListBlocksRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_admin__pb2.ListBlocksResponse.SerializeToString,
+            ),
+            'LiftBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftBlock,
+                    request_deserializer=broker_dot_v1_dot_admin__pb2.LiftBlockRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_admin__pb2.LiftBlockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +637,60 @@ class AdminService:
             '/broker.v1.AdminService/ReloadPolicy',
             broker_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
             broker_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBlocks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.AdminService/ListBlocks',
+            broker_dot_v1_dot_admin__pb2.ListBlocksRequest.SerializeToString,
+            broker_dot_v1_dot_admin__pb2.ListBlocksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.AdminService/LiftBlock',
+            broker_dot_v1_dot_admin__pb2.LiftBlockRequest.SerializeToString,
+            broker_dot_v1_dot_admin__pb2.LiftBlockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/agent.proto\x12\tbroker.v1\x1a\x16\x62roker/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\x01\n\x10\x42\x65ginTaskRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x14\n\x0con_behalf_of\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12$\n\x04plan\x18\x04 \x03(\x0b\x32\x16.broker.v1.PlannedStep\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.broker.v1.BeginTaskRequest.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11\x42\x65ginTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xee\x01\n\x18RequestCredentialRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12,\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0b\x61rgs_sha256\x18\x05 \x01(\tH\x00\x12\x15\n\rprompt_sha256\x18\x06 \x01(\t\x12\x15\n\rjustification\x18\x07 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x08 \x01(\r\x12\x13\n\x0b\x61pproval_id\x18\t \x01(\tB\x06\n\x04\x61rgs\"X\n\nCredential\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0b\n\x03jti\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0fPendingApproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8a\x01\n\x19RequestCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x15.broker.v1.CredentialH\x00\x12\x36\n\x10pending_approval\x18\x02 \x01(\x0b\x32\x1a.broker.v1.PendingApprovalH\x00\x42\x08\n\x06result\"2\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\".\n\x0f\x45ndTaskResponse\x12\x1b\n\x13revoked_credentials\x18\x01 \x01(\r\"M\n\x13PreviewToolsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05tools\x18\x02 \x03(\x0b\x32\x16.broker.v1.PlannedStep\"\x9f\x01\n\x0bToolPreview\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1a.broker.v1.PreviewDecision\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\npolicy_ids\x18\x06 \x03(\t\x12\x0f\n\x07reasons\x18\x07 \x03(\t\"b\n\x14PreviewToolsResponse\x12)\n\tdecisions\x18\x01 \x03(\x0b\x32\x16.broker.v1.ToolPreview\x12\x1f\n\x05taint\x18\x02 \x01(\x0e\x32\x10.broker.v1.Taint\"\x88\x01\n\x11RaiseTaintRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0b\n\x03jti\x18\x03 \x01(\t\x12$\n\x08\x66indings\x18\x04 \x03(\x0b\x32\x12.broker.v1.Finding\x12\x1f\n\x05taint\x18\x05 \x01(\x0e\x32\x10.broker.v1.Taint\"5\n\x12RaiseTaintResponse\x12\x1f\n\x05taint\x18\x01 \x01(\x0e\x32\x10.broker.v1.Taint*\x89\x01\n\x0fPreviewDecision\x12 \n\x1cPREVIEW_DECISION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PREVIEW_DECISION_ALLOW\x10\x01\x12\x1d\n\x19PREVIEW_DECISION_APPROVAL\x10\x02\x12\x19\n\x15PREVIEW_DECISION_DENY\x10\x03\x32\x94\x03\n\x0c\x41gentService\x12\x46\n\tBeginTask\x12\x1b.broker.v1.BeginTaskRequest\x1a\x1c.broker.v1.BeginTaskResponse\x12^\n\x11RequestCredential\x12#.broker.v1.RequestCredentialRequest\x1a$.broker.v1.RequestCredentialResponse\x12@\n\x07\x45ndTask\x12\x19.broker.v1.EndTaskRequest\x1a\x1a.broker.v1.EndTaskResponse\x12O\n\x0cPreviewTools\x12\x1e.broker.v1.PreviewToolsRequest\x1a\x1f.broker.v1.PreviewToolsResponse\x12I\n\nRaiseTaint\x12\x1c.broker.v1.RaiseTaintRequest\x1a\x1d.broker.v1.RaiseTaintResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62roker/v1/agent.proto\x12\tbroker.v1\x1a\x16\x62roker/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x10\x42\x65ginTaskRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\x14\n\x0con_behalf_of\x18\x02 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x03 \x01(\r\x12$\n\x04plan\x18\x04 \x03(\x0b\x32\x16.broker.v1.PlannedStep\x12\x37\n\x06labels\x18\x05 \x03(\x0b\x32\'.broker.v1.BeginTaskRequest.LabelsEntry\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\x12\x11\n\tdelegates\x18\x07 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x11\x42\x65ginTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xee\x01\n\x18RequestCredentialRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12,\n\targuments\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0b\x61rgs_sha256\x18\x05 \x01(\tH\x00\x12\x15\n\rprompt_sha256\x18\x06 \x01(\t\x12\x15\n\rjustification\x18\x07 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x08 \x01(\r\x12\x13\n\x0b\x61pproval_id\x18\t \x01(\tB\x06\n\x04\x61rgs\"X\n\nCredential\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0b\n\x03jti\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"f\n\x0fPendingApproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x8a\x01\n\x19RequestCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x15.broker.v1.CredentialH\x00\x12\x36\n\x10pending_approval\x18\x02 \x01(\x0b\x32\x1a.broker.v1.PendingApprovalH\x00\x42\x08\n\x06result\"2\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07outcome\x18\x02 \x01(\t\".\n\x0f\x45ndTaskResponse\x12\x1b\n\x13revoked_credentials\x18\x01 \x01(\r\"M\n\x13PreviewToolsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12%\n\x05tools\x18\x02 \x03(\x0b\x32\x16.broker.v1.PlannedStep\"\x9f\x01\n\x0bToolPreview\x12\x0e\n\x06server\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12,\n\x08\x64\x65\x63ision\x18\x03 \x01(\x0e\x32\x1a.broker.v1.PreviewDecision\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\npolicy_ids\x18\x06 \x03(\t\x12\x0f\n\x07reasons\x18\x07 \x03(\t\"b\n\x14PreviewToolsResponse\x12)\n\tdecisions\x18\x01 \x03(\x0b\x32\x16.broker.v1.ToolPreview\x12\x1f\n\x05taint\x18\x02 \x01(\x0e\x32\x10.broker.v1.Taint\"\x88\x01\n\x11RaiseTaintRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06server\x18\x02 \x01(\t\x12\x0b\n\x03jti\x18\x03 \x01(\t\x12$\n\x08\x66indings\x18\x04 \x03(\x0b\x32\x12.broker.v1.Finding\x12\x1f\n\x05taint\x18\x05 \x01(\x0e\x32\x10.broker.v1.Taint\"5\n\x12RaiseTaintResponse\x12\x1f\n\x05taint\x18\x01 \x01(\x0e\x32\x10.broker.v1.Taint*\x89\x01\n\x0fPreviewDecision\x12 \n\x1cPREVIEW_DECISION_UNSPECIFIED\x10\x00\x12\x1a\n\x16PREVIEW_DECISION_ALLOW\x10\x01\x12\x1d\n\x19PREVIEW_DECISION_APPROVAL\x10\x02\x12\x19\n\x15PREVIEW_DECISION_DENY\x10\x03\x32\x94\x03\n\x0c\x41gentService\x12\x46\n\tBeginTask\x12\x1b.broker.v1.BeginTaskRequest\x1a\x1c.broker.v1.BeginTaskResponse\x12^\n\x11RequestCredential\x12#.broker.v1.RequestCredentialRequest\x1a$.broker.v1.RequestCredentialResponse\x12@\n\x07\x45ndTask\x12\x19.broker.v1.EndTaskRequest\x1a\x1a.broker.v1.EndTaskResponse\x12O\n\x0cPreviewTools\x12\x1e.broker.v1.PreviewToolsRequest\x1a\x1f.broker.v1.PreviewToolsResponse\x12I\n\nRaiseTaint\x12\x1c.broker.v1.RaiseTaintRequest\x1a\x1d.broker.v1.RaiseTaintResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BEGINTASKREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_PREVIEWDECISION']._serialized_start=1667
-  _globals['_PREVIEWDECISION']._serialized_end=1804
+  _globals['_PREVIEWDECISION']._serialized_start=1686
+  _globals['_PREVIEWDECISION']._serialized_end=1823
   _globals['_BEGINTASKREQUEST']._serialized_start=124
-  _globals['_BEGINTASKREQUEST']._serialized_end=367
-  _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_start=322
-  _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_end=367
-  _globals['_BEGINTASKRESPONSE']._serialized_start=369
-  _globals['_BEGINTASKRESPONSE']._serialized_end=453
-  _globals['_REQUESTCREDENTIALREQUEST']._serialized_start=456
-  _globals['_REQUESTCREDENTIALREQUEST']._serialized_end=694
-  _globals['_CREDENTIAL']._serialized_start=696
-  _globals['_CREDENTIAL']._serialized_end=784
-  _globals['_PENDINGAPPROVAL']._serialized_start=786
-  _globals['_PENDINGAPPROVAL']._serialized_end=888
-  _globals['_REQUESTCREDENTIALRESPONSE']._serialized_start=891
-  _globals['_REQUESTCREDENTIALRESPONSE']._serialized_end=1029
-  _globals['_ENDTASKREQUEST']._serialized_start=1031
-  _globals['_ENDTASKREQUEST']._serialized_end=1081
-  _globals['_ENDTASKRESPONSE']._serialized_start=1083
-  _globals['_ENDTASKRESPONSE']._serialized_end=1129
-  _globals['_PREVIEWTOOLSREQUEST']._serialized_start=1131
-  _globals['_PREVIEWTOOLSREQUEST']._serialized_end=1208
-  _globals['_TOOLPREVIEW']._serialized_start=1211
-  _globals['_TOOLPREVIEW']._serialized_end=1370
-  _globals['_PREVIEWTOOLSRESPONSE']._serialized_start=1372
-  _globals['_PREVIEWTOOLSRESPONSE']._serialized_end=1470
-  _globals['_RAISETAINTREQUEST']._serialized_start=1473
-  _globals['_RAISETAINTREQUEST']._serialized_end=1609
-  _globals['_RAISETAINTRESPONSE']._serialized_start=1611
-  _globals['_RAISETAINTRESPONSE']._serialized_end=1664
-  _globals['_AGENTSERVICE']._serialized_start=1807
-  _globals['_AGENTSERVICE']._serialized_end=2211
+  _globals['_BEGINTASKREQUEST']._serialized_end=386
+  _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_start=341
+  _globals['_BEGINTASKREQUEST_LABELSENTRY']._serialized_end=386
+  _globals['_BEGINTASKRESPONSE']._serialized_start=388
+  _globals['_BEGINTASKRESPONSE']._serialized_end=472
+  _globals['_REQUESTCREDENTIALREQUEST']._serialized_start=475
+  _globals['_REQUESTCREDENTIALREQUEST']._serialized_end=713
+  _globals['_CREDENTIAL']._serialized_start=715
+  _globals['_CREDENTIAL']._serialized_end=803
+  _globals['_PENDINGAPPROVAL']._serialized_start=805
+  _globals['_PENDINGAPPROVAL']._serialized_end=907
+  _globals['_REQUESTCREDENTIALRESPONSE']._serialized_start=910
+  _globals['_REQUESTCREDENTIALRESPONSE']._serialized_end=1048
+  _globals['_ENDTASKREQUEST']._serialized_start=1050
+  _globals['_ENDTASKREQUEST']._serialized_end=1100
+  _globals['_ENDTASKRESPONSE']._serialized_start=1102
+  _globals['_ENDTASKRESPONSE']._serialized_end=1148
+  _globals['_PREVIEWTOOLSREQUEST']._serialized_start=1150
+  _globals['_PREVIEWTOOLSREQUEST']._serialized_end=1227
+  _globals['_TOOLPREVIEW']._serialized_start=1230
+  _globals['_TOOLPREVIEW']._serialized_end=1389
+  _globals['_PREVIEWTOOLSRESPONSE']._serialized_start=1391
+  _globals['_PREVIEWTOOLSRESPONSE']._serialized_end=1489
+  _globals['_RAISETAINTREQUEST']._serialized_start=1492
+  _globals['_RAISETAINTREQUEST']._serialized_end=1628
+  _globals['_RAISETAINTRESPONSE']._serialized_start=1630
+  _globals['_RAISETAINTRESPONSE']._serialized_end=1683
+  _globals['_AGENTSERVICE']._serialized_start=1826
+  _globals['_AGENTSERVICE']._serialized_end=2230
 # @@protoc_insertion_point(module_scope)

@@ -24,7 +24,7 @@ PREVIEW_DECISION_APPROVAL: PreviewDecision
 PREVIEW_DECISION_DENY: PreviewDecision
 
 class BeginTaskRequest(_message.Message):
-    __slots__ = ("intent", "on_behalf_of", "ttl_seconds", "plan", "labels", "parent_task_id")
+    __slots__ = ("intent", "on_behalf_of", "ttl_seconds", "plan", "labels", "parent_task_id", "delegates")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,13 +38,15 @@ class BeginTaskRequest(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DELEGATES_FIELD_NUMBER: _ClassVar[int]
     intent: str
     on_behalf_of: str
     ttl_seconds: int
     plan: _containers.RepeatedCompositeFieldContainer[_common_pb2.PlannedStep]
     labels: _containers.ScalarMap[str, str]
     parent_task_id: str
-    def __init__(self, intent: _Optional[str] = ..., on_behalf_of: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., plan: _Optional[_Iterable[_Union[_common_pb2.PlannedStep, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_task_id: _Optional[str] = ...) -> None: ...
+    delegates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, intent: _Optional[str] = ..., on_behalf_of: _Optional[str] = ..., ttl_seconds: _Optional[int] = ..., plan: _Optional[_Iterable[_Union[_common_pb2.PlannedStep, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., parent_task_id: _Optional[str] = ..., delegates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class BeginTaskResponse(_message.Message):
     __slots__ = ("task_id", "expires_at")

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62roker/v1/verifier.proto\x12\tbroker.v1\x1a\x16\x62roker/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa2\x01\n\x17VerifyCredentialRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12,\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0b\x61rgs_sha256\x18\x04 \x01(\tH\x00\x12\x1d\n\x15presenter_cert_sha256\x18\x05 \x01(\tB\x06\n\x04\x61rgs\"\xe1\x01\n\x18VerifyCredentialResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\r\x12\x1f\n\x05taint\x18\x05 \x01(\x0e\x32\x10.broker.v1.Taint\x12\x0b\n\x03jti\x18\x06 \x01(\t\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06secret\x18\x08 \x01(\x0b\x32\x1b.broker.v1.DownstreamSecret\"\xc6\x01\n\x10\x44ownstreamSecret\x12\x33\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32%.broker.v1.DownstreamSecret.DataEntry\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\x14ReportOutcomeRequest\x12\x0b\n\x03jti\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.broker.v1.OutcomeStatus\x12\x15\n\rresult_sha256\x18\x03 \x01(\t\x12.\n\rcontent_trust\x18\x04 \x01(\x0e\x32\x17.broker.v1.ContentTrust\x12$\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x12.broker.v1.Finding\"8\n\x15ReportOutcomeResponse\x12\x1f\n\x05taint\x18\x01 \x01(\x0e\x32\x10.broker.v1.Taint\"\x17\n\x15GetSigningKeysRequest\"+\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\"(\n\x17WatchRevocationsRequest\x12\r\n\x05since\x18\x01 \x01(\t\"\x9b\x01\n\x0fRevocationEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.broker.v1.RevocationKind\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t*I\n\x0c\x43ontentTrust\x12\x1d\n\x19\x43ONTENT_TRUST_UNSPECIFIED\x10\x00\x12\x0b\n\x07TRUSTED\x10\x01\x12\r\n\tUNTRUSTED\x10\x02*J\n\rOutcomeStatus\x12\x1e\n\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSUCCEEDED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02*\xfe\x01\n\x0eRevocationKind\x12\x1f\n\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19REVOCATION_KIND_HEARTBEAT\x10\x01\x12\x18\n\x14REVOCATION_KIND_TASK\x10\x02\x12\x19\n\x15REVOCATION_KIND_AGENT\x10\x03\x12\x1a\n\x16REVOCATION_KIND_SERVER\x10\x04\x12\x18\n\x14REVOCATION_KIND_TIER\x10\x05\x12!\n\x1dREVOCATION_KIND_ISSUED_BEFORE\x10\x06\x12\x1e\n\x1aREVOCATION_KIND_CREDENTIAL\x10\x07\x32\xef\x02\n\x0fVerifierService\x12[\n\x10VerifyCredential\x12\".broker.v1.VerifyCredentialRequest\x1a#.broker.v1.VerifyCredentialResponse\x12R\n\rReportOutcome\x12\x1f.broker.v1.ReportOutcomeRequest\x1a .broker.v1.ReportOutcomeResponse\x12U\n\x0eGetSigningKeys\x12 .broker.v1.GetSigningKeysRequest\x1a!.broker.v1.GetSigningKeysResponse\x12T\n\x10WatchRevocations\x12\".broker.v1.WatchRevocationsRequest\x1a\x1a.broker.v1.RevocationEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x62roker/v1/verifier.proto\x12\tbroker.v1\x1a\x16\x62roker/v1/common.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\x01\n\x17VerifyCredentialRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12,\n\targuments\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructH\x00\x12\x15\n\x0b\x61rgs_sha256\x18\x04 \x01(\tH\x00\x12\x1d\n\x15presenter_cert_sha256\x18\x05 \x01(\t\x12\x12\n\ncheck_only\x18\x06 \x01(\x08\x42\x06\n\x04\x61rgs\"\xe1\x01\n\x18VerifyCredentialResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\x0c\n\x04tool\x18\x03 \x01(\t\x12\x0c\n\x04tier\x18\x04 \x01(\r\x12\x1f\n\x05taint\x18\x05 \x01(\x0e\x32\x10.broker.v1.Taint\x12\x0b\n\x03jti\x18\x06 \x01(\t\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x06secret\x18\x08 \x01(\x0b\x32\x1b.broker.v1.DownstreamSecret\"\xc6\x01\n\x10\x44ownstreamSecret\x12\x33\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32%.broker.v1.DownstreamSecret.DataEntry\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06source\x18\x04 \x01(\t\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\x14ReportOutcomeRequest\x12\x0b\n\x03jti\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.broker.v1.OutcomeStatus\x12\x15\n\rresult_sha256\x18\x03 \x01(\t\x12.\n\rcontent_trust\x18\x04 \x01(\x0e\x32\x17.broker.v1.ContentTrust\x12$\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x12.broker.v1.Finding\"8\n\x15ReportOutcomeResponse\x12\x1f\n\x05taint\x18\x01 \x01(\x0e\x32\x10.broker.v1.Taint\"\x17\n\x15GetSigningKeysRequest\"+\n\x16GetSigningKeysResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\"(\n\x17WatchRevocationsRequest\x12\r\n\x05since\x18\x01 \x01(\t\"\xdf\x01\n\x0fRevocationEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\t\x12\'\n\x04kind\x18\x02 \x01(\x0e\x32\x19.broker.v1.RevocationKind\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12.\n\nrevoked_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0f\n\x07\x62locked\x18\x06 \x01(\x08\x12\x31\n\rblocked_until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x92\x01\n\x07Refusal\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0b\n\x03jti\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0c\n\x04tool\x18\x04 \x01(\t\x12\r\n\x05\x61gent\x18\x05 \x01(\t\x12.\n\nrefused_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04mode\x18\x07 \x01(\t\"N\n\x15ReportRefusalsRequest\x12$\n\x08refusals\x18\x01 \x03(\x0b\x32\x12.broker.v1.Refusal\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\r\"*\n\x16ReportRefusalsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\r*I\n\x0c\x43ontentTrust\x12\x1d\n\x19\x43ONTENT_TRUST_UNSPECIFIED\x10\x00\x12\x0b\n\x07TRUSTED\x10\x01\x12\r\n\tUNTRUSTED\x10\x02*J\n\rOutcomeStatus\x12\x1e\n\x1aOUTCOME_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tSUCCEEDED\x10\x01\x12\n\n\x06\x46\x41ILED\x10\x02*\xfe\x01\n\x0eRevocationKind\x12\x1f\n\x1bREVOCATION_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19REVOCATION_KIND_HEARTBEAT\x10\x01\x12\x18\n\x14REVOCATION_KIND_TASK\x10\x02\x12\x19\n\x15REVOCATION_KIND_AGENT\x10\x03\x12\x1a\n\x16REVOCATION_KIND_SERVER\x10\x04\x12\x18\n\x14REVOCATION_KIND_TIER\x10\x05\x12!\n\x1dREVOCATION_KIND_ISSUED_BEFORE\x10\x06\x12\x1e\n\x1aREVOCATION_KIND_CREDENTIAL\x10\x07\x32\xc6\x03\n\x0fVerifierService\x12[\n\x10VerifyCredential\x12\".broker.v1.VerifyCredentialRequest\x1a#.broker.v1.VerifyCredentialResponse\x12R\n\rReportOutcome\x12\x1f.broker.v1.ReportOutcomeRequest\x1a .broker.v1.ReportOutcomeResponse\x12U\n\x0eGetSigningKeys\x12 .broker.v1.GetSigningKeysRequest\x1a!.broker.v1.GetSigningKeysResponse\x12T\n\x10WatchRevocations\x12\".broker.v1.WatchRevocationsRequest\x1a\x1a.broker.v1.RevocationEvent0\x01\x12U\n\x0eReportRefusals\x12 .broker.v1.ReportRefusalsRequest\x1a!.broker.v1.ReportRefusalsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DOWNSTREAMSECRET_DATAENTRY']._loaded_options = None
   _globals['_DOWNSTREAMSECRET_DATAENTRY']._serialized_options = b'8\001'
-  _globals['_CONTENTTRUST']._serialized_start=1237
-  _globals['_CONTENTTRUST']._serialized_end=1310
-  _globals['_OUTCOMESTATUS']._serialized_start=1312
-  _globals['_OUTCOMESTATUS']._serialized_end=1386
-  _globals['_REVOCATIONKIND']._serialized_start=1389
-  _globals['_REVOCATIONKIND']._serialized_end=1643
+  _globals['_CONTENTTRUST']._serialized_start=1598
+  _globals['_CONTENTTRUST']._serialized_end=1671
+  _globals['_OUTCOMESTATUS']._serialized_start=1673
+  _globals['_OUTCOMESTATUS']._serialized_end=1747
+  _globals['_REVOCATIONKIND']._serialized_start=1750
+  _globals['_REVOCATIONKIND']._serialized_end=2004
   _globals['_VERIFYCREDENTIALREQUEST']._serialized_start=127
-  _globals['_VERIFYCREDENTIALREQUEST']._serialized_end=289
-  _globals['_VERIFYCREDENTIALRESPONSE']._serialized_start=292
-  _globals['_VERIFYCREDENTIALRESPONSE']._serialized_end=517
-  _globals['_DOWNSTREAMSECRET']._serialized_start=520
-  _globals['_DOWNSTREAMSECRET']._serialized_end=718
-  _globals['_DOWNSTREAMSECRET_DATAENTRY']._serialized_start=675
-  _globals['_DOWNSTREAMSECRET_DATAENTRY']._serialized_end=718
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=721
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=907
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=909
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=965
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=967
-  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=990
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=992
-  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1035
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=1037
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=1077
-  _globals['_REVOCATIONEVENT']._serialized_start=1080
-  _globals['_REVOCATIONEVENT']._serialized_end=1235
-  _globals['_VERIFIERSERVICE']._serialized_start=1646
-  _globals['_VERIFIERSERVICE']._serialized_end=2013
+  _globals['_VERIFYCREDENTIALREQUEST']._serialized_end=309
+  _globals['_VERIFYCREDENTIALRESPONSE']._serialized_start=312
+  _globals['_VERIFYCREDENTIALRESPONSE']._serialized_end=537
+  _globals['_DOWNSTREAMSECRET']._serialized_start=540
+  _globals['_DOWNSTREAMSECRET']._serialized_end=738
+  _globals['_DOWNSTREAMSECRET_DATAENTRY']._serialized_start=695
+  _globals['_DOWNSTREAMSECRET_DATAENTRY']._serialized_end=738
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=741
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=927
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=929
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=985
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_start=987
+  _globals['_GETSIGNINGKEYSREQUEST']._serialized_end=1010
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_start=1012
+  _globals['_GETSIGNINGKEYSRESPONSE']._serialized_end=1055
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=1057
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=1097
+  _globals['_REVOCATIONEVENT']._serialized_start=1100
+  _globals['_REVOCATIONEVENT']._serialized_end=1323
+  _globals['_REFUSAL']._serialized_start=1326
+  _globals['_REFUSAL']._serialized_end=1472
+  _globals['_REPORTREFUSALSREQUEST']._serialized_start=1474
+  _globals['_REPORTREFUSALSREQUEST']._serialized_end=1552
+  _globals['_REPORTREFUSALSRESPONSE']._serialized_start=1554
+  _globals['_REPORTREFUSALSRESPONSE']._serialized_end=1596
+  _globals['_VERIFIERSERVICE']._serialized_start=2007
+  _globals['_VERIFIERSERVICE']._serialized_end=2461
 # @@protoc_insertion_point(module_scope)

@@ -50,18 +50,20 @@ REVOCATION_KIND_ISSUED_BEFORE: RevocationKind
 REVOCATION_KIND_CREDENTIAL: RevocationKind
 
 class VerifyCredentialRequest(_message.Message):
-    __slots__ = ("token", "tool", "arguments", "args_sha256", "presenter_cert_sha256")
+    __slots__ = ("token", "tool", "arguments", "args_sha256", "presenter_cert_sha256", "check_only")
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     TOOL_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     ARGS_SHA256_FIELD_NUMBER: _ClassVar[int]
     PRESENTER_CERT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHECK_ONLY_FIELD_NUMBER: _ClassVar[int]
     token: str
     tool: str
     arguments: _struct_pb2.Struct
     args_sha256: str
     presenter_cert_sha256: str
-    def __init__(self, token: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_sha256: _Optional[str] = ..., presenter_cert_sha256: _Optional[str] = ...) -> None: ...
+    check_only: bool
+    def __init__(self, token: _Optional[str] = ..., tool: _Optional[str] = ..., arguments: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., args_sha256: _Optional[str] = ..., presenter_cert_sha256: _Optional[str] = ..., check_only: _Optional[bool] = ...) -> None: ...
 
 class VerifyCredentialResponse(_message.Message):
     __slots__ = ("task_id", "agent", "tool", "tier", "taint", "jti", "expires_at", "secret")
@@ -139,15 +141,51 @@ class WatchRevocationsRequest(_message.Message):
     def __init__(self, since: _Optional[str] = ...) -> None: ...
 
 class RevocationEvent(_message.Message):
-    __slots__ = ("cursor", "kind", "subject", "revoked_at", "reason")
+    __slots__ = ("cursor", "kind", "subject", "revoked_at", "reason", "blocked", "blocked_until")
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     kind: RevocationKind
     subject: str
     revoked_at: _timestamp_pb2.Timestamp
     reason: str
-    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[RevocationKind, str]] = ..., subject: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    blocked: bool
+    blocked_until: _timestamp_pb2.Timestamp
+    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[RevocationKind, str]] = ..., subject: _Optional[str] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reason: _Optional[str] = ..., blocked: _Optional[bool] = ..., blocked_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Refusal(_message.Message):
+    __slots__ = ("reason", "jti", "task_id", "tool", "agent", "refused_at", "mode")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    JTI_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    jti: str
+    task_id: str
+    tool: str
+    agent: str
+    refused_at: _timestamp_pb2.Timestamp
+    mode: str
+    def __init__(self, reason: _Optional[str] = ..., jti: _Optional[str] = ..., task_id: _Optional[str] = ..., tool: _Optional[str] = ..., agent: _Optional[str] = ..., refused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class ReportRefusalsRequest(_message.Message):
+    __slots__ = ("refusals", "dropped")
+    REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    refusals: _containers.RepeatedCompositeFieldContainer[Refusal]
+    dropped: int
+    def __init__(self, refusals: _Optional[_Iterable[_Union[Refusal, _Mapping]]] = ..., dropped: _Optional[int] = ...) -> None: ...
+
+class ReportRefusalsResponse(_message.Message):
+    __slots__ = ("recorded",)
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    def __init__(self, recorded: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,11 @@ class VerifierServiceStub:
                 request_serializer=broker_dot_v1_dot_verifier__pb2.WatchRevocationsRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_verifier__pb2.RevocationEvent.FromString,
                 _registered_method=True)
+        self.ReportRefusals = channel.unary_unary(
+                '/broker.v1.VerifierService/ReportRefusals',
+                request_serializer=broker_dot_v1_dot_verifier__pb2.ReportRefusalsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_verifier__pb2.ReportRefusalsResponse.FromString,
+                _registered_method=True)
 
 
 class VerifierServiceServicer:
@@ -87,6 +92,14 @@ class VerifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportRefusals(self, request, context):
+        """The credentials an offline verifier refused, in batches, for the broker's audit trail.
+        Never the token. At most 100 per call; dropped counts those a full buffer lost.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VerifierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +122,11 @@ def add_VerifierServiceServicer_to_server(servicer, server):
                     servicer.WatchRevocations,
                     request_deserializer=broker_dot_v1_dot_verifier__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=broker_dot_v1_dot_verifier__pb2.RevocationEvent.SerializeToString,
+            ),
+            'ReportRefusals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportRefusals,
+                    request_deserializer=broker_dot_v1_dot_verifier__pb2.ReportRefusalsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_verifier__pb2.ReportRefusalsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +237,33 @@ class VerifierService:
             '/broker.v1.VerifierService/WatchRevocations',
             broker_dot_v1_dot_verifier__pb2.WatchRevocationsRequest.SerializeToString,
             broker_dot_v1_dot_verifier__pb2.RevocationEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportRefusals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.VerifierService/ReportRefusals',
+            broker_dot_v1_dot_verifier__pb2.ReportRefusalsRequest.SerializeToString,
+            broker_dot_v1_dot_verifier__pb2.ReportRefusalsResponse.FromString,
             options,
             channel_credentials,
             insecure,
