@@ -155,9 +155,9 @@ async def _raise(
     jti: str,
     findings: Sequence[tuple[str, str]],
 ) -> Taint:
-    new = await broker.store.raise_taint(task.task_id, taint)
-    if new > task.taint:
-        await broker._recheck_live_credentials(peer, task, new)
+    # As after an MCP server's ReportOutcome: the whole delegation tree rises with the task, and
+    # live credentials policy would no longer grant are revoked.
+    new, tainted = await broker.raise_taint(peer, task.task_id, taint)
     broker._audit(
         AuditEventName.TAINT_RAISE,
         peer,
@@ -166,6 +166,7 @@ async def _raise(
         jti=jti or None,
         extra={
             "taint": new.label,
+            "tainted_tasks": tainted,
             "findings": ",".join(sorted({k for k, _ in findings})),
             "unguarded": server is not None,
         },
