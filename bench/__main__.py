@@ -4,6 +4,7 @@
     python -m bench profile [--seconds S] [--out bench/profile.txt]
     python -m bench table [bench/results.json] [--docs docs/performance.md]
     python -m bench redis-client                    (client CPU of one Redis round trip)
+    python -m bench guard                           (only `broker guard` vs direct calls)
 
 Starts redis-server, the broker (Redis store, ``--workers`` = the cores) and OpenBao (raft) in a
 temporary directory, measures, prints the table, writes the JSON and the chart, stops everything.
@@ -37,7 +38,8 @@ def log(message: str) -> None:
 
 def _put(figures: dict[str, Any], name: str, runs: list[dict[str, float]]) -> None:
     figures["runs"][name] = runs
-    for key in ("rps", "p50_ms", "p99_ms", "broker_cpu_us", "redis_cpu_us", "client_cpu_us"):
+    keys = ("rps", "p50_ms", "p99_ms", "broker_cpu_us", "redis_cpu_us", "client_cpu_us")
+    for key in (*keys, "guard_cpu_us"):
         if runs and key in runs[0]:
             figures[f"{name}_{key}"] = round(median(runs, key), 3 if key != "rps" else 1)
 
@@ -155,6 +157,7 @@ async def measure(
         figures["revocation_p99_ms"] = round(median(rev_runs, "p99_ms"), 3)
         figures["revocation_max_ms"] = round(max(every), 3) if every else None
 
+        await measure_guard(ctx, figures)
         log("MCP tool calls: direct, through mcp-proxy, through broker gateway (+ guard)")
         for name, runs in (
             await mcp_paths.run(broker.target, broker.pki, directory / "mcp", settings, log)
@@ -183,6 +186,39 @@ async def measure(
     report.derive_mcp(figures)
     figures["targets"] = report.evaluate(figures)
     figures["bench_seconds"] = round(time.monotonic() - started, 1)
+    return figures
+
+
+async def measure_guard(ctx: Context, figures: dict[str, Any]) -> None:
+    """`broker guard` in front of the npm servers, next to direct calls (bench/guard.py)."""
+    from bench.guard import PAIRS, guard_vs_direct
+
+    log("broker guard: tool calls direct and through the guard")
+    for name, runs in (await guard_vs_direct(ctx)).items():
+        _put(figures, name, runs)
+    for prefix in PAIRS:
+        for n, tag in ((1, ""), (8, "_8")):
+            for q in ("p50", "p99"):
+                guard = figures.get(f"{prefix}_guard_{n}_{q}_ms")
+                direct = figures.get(f"{prefix}_direct_{n}_{q}_ms")
+                if guard is not None and direct is not None:
+                    figures[f"{prefix}_added{tag}_{q}_ms"] = round(guard - direct, 3)
+
+
+async def measure_guard_only(settings: Settings, workers: int, directory: Path) -> dict[str, Any]:
+    """`python -m bench guard`: redis-server, the broker, and the guard part only."""
+    figures: dict[str, Any] = {"runs": {}, "machine": report.machine()}
+    redis = start_redis(directory / "redis")
+    broker = None
+    try:
+        broker = start_broker(directory / "broker", f"{redis.url}?namespace=bench", workers=workers)
+        ctx = Context(broker=broker, redis=redis, settings=settings, log=log)
+        await measure_guard(ctx, figures)
+    finally:
+        if broker is not None:
+            broker.stop()
+        redis.stop()
+    figures["targets"] = report.evaluate(figures)
     return figures
 
 
@@ -245,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--out", default=str(HERE / "profile.txt"))
     prof.add_argument("--keep-raw", default="", help="copy the py-spy samples (collapsed) here")
     sub.add_parser("redis-client", help="client CPU of one Redis round trip, by client")
+    sub.add_parser("guard", help="only the broker guard part (redis-server and the broker too)")
     sub.add_parser("mcp", help="only the MCP paths: direct, mcp-proxy, broker gateway + guard")
     table = sub.add_parser("table", help="print the Markdown tables of a results file")
     table.add_argument("results", nargs="?", default=str(HERE / "results.json"))
@@ -272,6 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         results = asyncio.run(measure_mcp(settings, args.workers or usable_cores(), directory))
         shutil.rmtree(directory, ignore_errors=True)
         print(report.mcp_table(results))
+        return 0
+    if args.command == "guard":
+        from broker.rpc.workers import usable_cores
+
+        settings = Settings(duration=args.duration, runs=args.runs, warmup=args.warmup)
+        directory = Path(tempfile.mkdtemp(prefix="broker-bench-"))
+        results = asyncio.run(
+            measure_guard_only(settings, args.workers or usable_cores(), directory)
+        )
+        shutil.rmtree(directory, ignore_errors=True)
+        print("\n".join(report.guard_table(results)))
+        for t in results["targets"]:
+            if t["met"] is not None:
+                print(f"{t['what']}: {t['value']} ({t['detail']})")
         return 0
     if args.command == "profile":
         from bench.profile import profile

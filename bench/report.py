@@ -98,7 +98,17 @@ TARGETS = (
         "mcp_gateway_vs_proxy_1", "gateway + guard overhead / plain mcp-proxy overhead @1",
         "mcp_gateway_vs_proxy_1_x", None, "<=", 2.0, "x",
     ),
+    Target(
+        "guard_added_p50", "broker guard: added p50 @1 (server-filesystem read, stdio)",
+        "guard_read_stdio_added_p50_ms", None, "<=", 2.0, " ms",
+    ),
 )  # fmt: skip
+
+GUARD_PAIRS = (
+    ("server-everything echo, HTTP upstream", "guard_echo_http"),
+    ("server-filesystem read_text_file, stdio upstream", "guard_read_stdio"),
+)
+
 
 MCP_PATHS = (
     ("direct (client -> server-everything)", "mcp_direct"),
@@ -268,6 +278,40 @@ ROWS = (
 )
 
 
+def guard_table(results: dict[str, Any]) -> list[str]:
+    """`broker guard` (bench/guard.py): the same tool call direct and through the guard."""
+    if not any(f"{p}_guard_1_rps" in results for _, p in GUARD_PAIRS):
+        return []
+    lines = [
+        "| tool call (npm server) | path | 1 in flight: rate | p50 | p99 | 8 in flight: rate "
+        "| p50 | p99 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, prefix in GUARD_PAIRS:
+        for path in ("direct", "guard"):
+            cells = [label, path]
+            for n in (1, 8):
+                key = f"{prefix}_{path}_{n}"
+                cells += [
+                    _fmt(results.get(f"{key}_rps"), "/s"),
+                    _fmt(results.get(f"{key}_p50_ms"), " ms"),
+                    _fmt(results.get(f"{key}_p99_ms"), " ms"),
+                ]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {label} | guard CPU per call | | "
+            f"{_fmt(results.get(f'{prefix}_guard_1_guard_cpu_us'), ' us')} | | | "
+            f"{_fmt(results.get(f'{prefix}_guard_8_guard_cpu_us'), ' us')} | |"
+        )
+        lines.append(
+            f"| {label} | added by the guard | | "
+            f"{_fmt(results.get(f'{prefix}_added_p50_ms'), ' ms')} | "
+            f"{_fmt(results.get(f'{prefix}_added_p99_ms'), ' ms')} | | "
+            f"{_fmt(results.get(f'{prefix}_added_8_p50_ms'), ' ms')} | |"
+        )
+    return [*lines, ""]
+
+
 def table(results: dict[str, Any]) -> str:
     """The results as a Markdown table (printed, and pasted into docs/performance.md)."""
     lines = [
@@ -321,6 +365,7 @@ def table(results: dict[str, Any]) -> str:
         "",
         mcp_table(results).split("\n\n")[0],
         "",
+        *guard_table(results),
         "| target | measured | wanted | verdict |",
         "|---|---|---|---|",
     ]

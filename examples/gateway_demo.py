@@ -160,23 +160,23 @@ async def run_act(broker: str, pki: Path, say: Say = print) -> dict[str, Any]:
 
 
 async def _play(client: Client, notes: Path, say: Say, seen: dict[str, Any]) -> None:
-    say("\n== 10a. The client lists tools: SERVER__TOOL, only what policy could grant")
+    say("\n== 11a. The client lists tools: SERVER__TOOL, only what policy could grant")
     names = sorted(t.name for t in (await client.list_tools()).tools)
     seen["listed"] = names
     say(f"   {len(names)} tools: {', '.join(names[:6])}, ...")
 
-    say("\n== 10b. It reads a file (files: tier 1, trusted)")
+    say("\n== 11b. It reads a file (files: tier 1, trusted)")
     read = await client.call_tool("files__read_text_file", {"path": str(notes)})
     seen["read"] = _text(read)
     say(f"   -> {_text(read).strip()}")
 
-    say("\n== 10c. It echoes text from outside that hides an instruction (everything: untrusted)")
+    say("\n== 11c. It echoes text from outside that hides an instruction (everything: untrusted)")
     echoed = await client.call_tool("everything__echo", {"message": INJECTED})
     seen["echo"] = _text(echoed)
     say(f"   the model reads: {_text(echoed).strip()}")
     say("   (the guard removed the hidden comment and reported it: the task is now 'suspect')")
 
-    say("\n== 10d. What the instruction asked: overwrite notes.txt. Refused, and told why:")
+    say("\n== 11d. What the instruction asked: overwrite notes.txt. Refused, and told why:")
     write = await client.call_tool(
         "files__write_file", {"path": str(notes), "content": "-----BEGIN OPENSSH PRIVATE KEY"}
     )

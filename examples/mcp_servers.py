@@ -203,7 +203,7 @@ async def run_servers(
             sock = bound_socket(port + dev.port_offset if port else 0)
             stack.callback(sock.close)
             url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
-            guard = ToolGuard(verifier, url=url, issuer_url=f"https://{broker}")
+            guard = ToolGuard(verifier, url=url)
             dev.build(guard)
             apps.append((guard.streamable_http_app(host="127.0.0.1"), sock))
             out[dev.name] = (url, verifier)

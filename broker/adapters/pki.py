@@ -67,10 +67,18 @@ DEV_IDENTITIES: dict[str, str] = {
     "mcp-repo": "spiffe://dev.local/mcp/repo",
     "mcp-secrets": "spiffe://dev.local/mcp/secrets",
     "mcp-deploy": "spiffe://dev.local/mcp/deploy",
+    "mcp-files": "spiffe://dev.local/mcp/files",  # broker guard: npm server-filesystem
+    "mcp-everything": "spiffe://dev.local/mcp/everything",  # broker guard: npm server-everything
     "operator-admin": "spiffe://dev.local/operator/admin",
 }
 """The dev PKI of API.md: file name (``NAME.crt`` / ``NAME.key``) -> SPIFFE ID."""
-DEV_DNS_NAMES: dict[str, tuple[str, ...]] = {"broker": ("localhost", "127.0.0.1", "::1")}
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+# Servers clients reach over HTTPS by address: the broker, and the guards (`broker guard --tls`).
+DEV_DNS_NAMES: dict[str, tuple[str, ...]] = {
+    "broker": _LOOPBACK,
+    "mcp-files": _LOOPBACK,
+    "mcp-everything": _LOOPBACK,
+}
 
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 

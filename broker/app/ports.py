@@ -18,7 +18,7 @@ the same contract suite (tests/contract). Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from broker.core.model import (
     TaskState,
 )
 from broker.core.tokens.keys import KeyInfo, PublishedKey
+from broker.core.tooldefs import ToolPin
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,22 @@ class Store(Protocol):
         ...
 
     async def last_revocation_cursor(self) -> str: ...
+
+    async def tool_pins(self, server: str) -> Mapping[str, ToolPin]:
+        """The pinned tool definitions of ``server`` (SPIFFE ID), by tool name."""
+        ...
+
+    async def observe_tools(
+        self, server: str, observed: Mapping[str, str], now: float
+    ) -> tuple[Mapping[str, ToolPin], frozenset[str]]:
+        """Record the digests a guard observed (tool -> sha256). A tool without a pin is pinned
+        to its observed digest (of concurrent first sights exactly one wins). Returns the pins
+        of ``server`` after the change and the tools pinned by this call."""
+        ...
+
+    async def set_tool_pin(self, server: str, tool: str, sha256: str, now: float) -> None:
+        """Pin ``tool`` of ``server`` to ``sha256`` (an operator's re-pin)."""
+        ...
 
     # -- signing keys shared by replicas (broker.app.keyring) -------------------------------------
 

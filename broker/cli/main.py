@@ -33,6 +33,8 @@ COMMANDS: dict[str, str] = {
     "keys": "broker.cli.keys:keys",
     "token": "broker.cli.token:token",
     "gateway": "broker.cli.gateway:gateway",
+    "guard": "broker.cli.guard:guard",
+    "registry": "broker.cli.registry:registry",
     "completion": "broker.cli.main:completion",
 }
 # Third-party modules only the broker server needs (the [server] extra).

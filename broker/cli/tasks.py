@@ -32,6 +32,7 @@ from broker.cli.output import (
     table,
     when,
 )
+from broker.cli.pins import pin, pins
 from broker.core.durations import parse_duration
 
 STATES = {
@@ -335,7 +336,7 @@ def revoke_agent(agent: str, duration: str, reason: str, dry_run: bool, as_json:
 
 @click.group("servers")
 def servers() -> None:
-    """Kill switches per MCP server."""
+    """Kill switches per MCP server, and the pins of its tool definitions."""
 
 
 @servers.command("revoke")
@@ -354,6 +355,10 @@ def revoke_server(server: str, duration: str, reason: str, dry_run: bool, as_jso
             ),
         )
     _print_revoke(resp, as_json, f"server {server}")
+
+
+servers.add_command(pins)
+servers.add_command(pin)
 
 
 @click.command("revoke")

@@ -4,11 +4,12 @@
     ├── Unauthenticated             a credential failed verification
     │     MALFORMED_TOKEN BAD_TOKEN_TYPE BAD_SIGNATURE UNKNOWN_KEY TOKEN_EXPIRED NOT_YET_VALID
     │     WRONG_AUDIENCE WRONG_ISSUER REPLAYED REVOKED TOOL_MISMATCH ARGS_MISMATCH
-    │     CERT_MISMATCH STALE
+    │     CERT_MISMATCH STALE NO_CREDENTIAL
     ├── PermissionDenied            POLICY_DENIED OUTSIDE_PLAN ROLE_NOT_ALLOWED
     │   └── InvalidSvid             INVALID_SVID (not a valid SPIFFE ID or X.509-SVID)
     ├── FailedPrecondition          APPROVAL_REQUIRED TASK_ENDED APPROVAL_NOT_PENDING
-    ├── NotFound                    TASK_NOT_FOUND UNKNOWN_SERVER UNKNOWN_TOOL NOT_FOUND
+    ├── NotFound                    TASK_NOT_FOUND UNKNOWN_SERVER UNKNOWN_TOOL TOOL_CHANGED
+    │                               NOT_FOUND
     ├── InvalidRequest              INVALID_REQUEST (the message names the field)
     ├── QuotaExceeded               QUOTA_EXCEEDED
     ├── StoreUnavailable            STORE_UNAVAILABLE
@@ -42,6 +43,7 @@ class Reason(StrEnum):
     ARGS_MISMATCH = "ARGS_MISMATCH"
     CERT_MISMATCH = "CERT_MISMATCH"
     STALE = "STALE"  # offline verifier: the revocation feed has been down longer than its bound
+    NO_CREDENTIAL = "NO_CREDENTIAL"  # an MCP request without a credential (or an agent SVID)
     POLICY_DENIED = "POLICY_DENIED"
     OUTSIDE_PLAN = "OUTSIDE_PLAN"
     ROLE_NOT_ALLOWED = "ROLE_NOT_ALLOWED"
@@ -52,6 +54,7 @@ class Reason(StrEnum):
     TASK_NOT_FOUND = "TASK_NOT_FOUND"
     UNKNOWN_SERVER = "UNKNOWN_SERVER"
     UNKNOWN_TOOL = "UNKNOWN_TOOL"
+    TOOL_CHANGED = "TOOL_CHANGED"  # a tool definition differs from its pin (a rug pull)
     NOT_FOUND = "NOT_FOUND"
     INVALID_REQUEST = "INVALID_REQUEST"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"

@@ -66,6 +66,8 @@ class ServerEntry:
     tier: int
     content_trust: ContentTrust
     tools: Mapping[str, ToolEntry] = field(hash=False)
+    # What a guard (`broker guard`) lets through besides tools: "resources", "prompts".
+    allow: frozenset[str] = frozenset()
 
     @property
     def ttl_cap(self) -> int:
@@ -160,7 +162,8 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")  # SPIFFE ID path segment characters
 _TRUST_DOMAIN = re.compile(r"[a-z0-9._-]+")
 
 _TOP_KEYS = ("version", "servers", "agents")
-_SERVER_KEYS = ("spiffe_id", "name", "tier", "content_trust", "tools")
+_SERVER_KEYS = ("spiffe_id", "name", "tier", "content_trust", "tools", "allow")
+ALLOWABLE = ("resources", "prompts")
 _TOOL_KEYS = ("risk", "description", "secret")
 _AGENT_KEYS = ("spiffe_id", "name", "team", "attributes")
 
@@ -229,7 +232,19 @@ def _server(item: object, key: str, trust_domain: str) -> ServerEntry:
         secret = tool_fields.get("secret")
         source = None if secret is None else parse_secret_source(secret, f"{tool_key}.secret")
         tools[tool_name] = ToolEntry(tool_name, risk, description, source)
-    return ServerEntry(spiffe_id, name, tier, content_trust, MappingProxyType(tools))
+    return ServerEntry(
+        spiffe_id, name, tier, content_trust, MappingProxyType(tools), _allow(raw, key)
+    )
+
+
+def _allow(raw: Mapping[str, object], key: str) -> frozenset[str]:
+    items = _sequence(raw.get("allow", []), f"{key}.allow")
+    for i, item in enumerate(items):
+        if item not in ALLOWABLE:
+            raise ConfigError(
+                f"{key}.allow[{i}]", f"{item!r} is not one of: {', '.join(ALLOWABLE)}"
+            )
+    return frozenset(str(i) for i in items)
 
 
 def _agent(item: object, key: str, trust_domain: str) -> AgentEntry:

@@ -14,12 +14,15 @@ from broker._proto.broker.v1 import admin_pb2, admin_pb2_grpc, common_pb2
 from broker.adapters.audit.redis_sink import RedisStreamSink
 from broker.app.admin import Admin, RevokeResult, TaskView
 from broker.app.audit import Auditor
+from broker.app.toolpins import ToolPins, check_server_ref
 from broker.core.approvals import ApprovalRecord, ApprovalState
 from broker.core.audit.recent import AuditSource, RecentRecords
 from broker.core.audit.record import ChainedRecord
 from broker.core.blocks import Block
 from broker.core.model import CredentialRecord, TaskState
+from broker.core.registry import ServerEntry
 from broker.core.tokens.keys import KeyInfo
+from broker.core.tooldefs import ToolPin
 from broker.rpc.convert import TAINT_TO_PB, seconds, timestamp
 from broker.rpc.identity import current_peer
 from broker.rpc.servicers import rpc
@@ -138,8 +141,9 @@ def audit_source_for(auditor: Auditor) -> AuditSource:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Admin, pins: ToolPins) -> None:
         self._admin = admin
+        self._pins = pins
 
     @property
     def _now(self) -> float:
@@ -279,6 +283,26 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ReloadPolicyResponse(policies=loaded.policies, digest=loaded.digest)
 
     @rpc
+    async def ListToolPins(
+        self, request: admin_pb2.ListToolPinsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.ListToolPinsResponse:
+        server = check_server_ref(request.server)
+        entry, pins = await self._pins.list(server)
+        return admin_pb2.ListToolPinsResponse(pins=[tool_pin(entry, p) for p in pins])
+
+    @rpc
+    async def PinTools(
+        self, request: admin_pb2.PinToolsRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.PinToolsResponse:
+        server = check_server_ref(request.server)
+        entry, pins = await self._pins.repin(
+            current_peer(), server, request.tool, dry_run=request.dry_run
+        )
+        return admin_pb2.PinToolsResponse(
+            pins=[tool_pin(entry, p) for p in pins], dry_run=request.dry_run
+        )
+
+    @rpc
     async def ListBlocks(
         self, request: admin_pb2.ListBlocksRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ListBlocksResponse:
@@ -307,3 +331,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             raise
         except Exception as exc:  # noqa: BLE001 - every error becomes a status, none escapes
             await abort(context, exc)
+
+
+def tool_pin(server: ServerEntry, pin: ToolPin) -> admin_pb2.ToolPin:
+    return admin_pb2.ToolPin(
+        server=server.spiffe_id,
+        tool=pin.tool,
+        pinned_sha256=pin.pinned_sha256,
+        pinned_at=timestamp(pin.pinned_at),
+        observed_sha256=pin.observed_sha256,
+        observed_at=timestamp(pin.observed_at),
+        changed=pin.changed,
+    )

@@ -31,6 +31,7 @@ from broker.app.audit import Auditor
 from broker.app.credentials import Broker, Limits
 from broker.app.keyring import SigningKeys
 from broker.app.ports import KeyProvider, Quotas, Store
+from broker.app.toolpins import ToolPins
 from broker.core.clock import Clock, SystemClock
 from broker.core.errors import ConfigError
 from broker.core.registry import TIER_MAX_TTL, Registry
@@ -176,7 +177,7 @@ class BrokerServer:
         add_agent(AgentServicer(c.broker), server)  # type: ignore[no-untyped-call]
         add_verifier(VerifierServicer(c.broker), server)  # type: ignore[no-untyped-call]
         admin = Admin(c.broker, audit_source_for(c.broker.audit))
-        add_admin(AdminServicer(admin), server)  # type: ignore[no-untyped-call]
+        add_admin(AdminServicer(admin, ToolPins(c.broker)), server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (

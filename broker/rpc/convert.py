@@ -7,10 +7,11 @@ from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
-from broker._proto.broker.v1 import common_pb2
+from broker._proto.broker.v1 import common_pb2, verifier_pb2
 from broker.core.canonical import args_sha256
 from broker.core.errors import InvalidRequest
 from broker.core.model import Taint
+from broker.core.tooldefs import PinStatus
 
 TAINT_TO_PB = {
     Taint.CLEAN: common_pb2.TAINT_CLEAN,
@@ -75,3 +76,12 @@ def digest_of_args(msg: Any) -> str:
         "is required: send `arguments` (an object; {} for a call without arguments) "
         "or `args_sha256`",
     )
+
+
+PIN_STATUS_TO_PB = {
+    PinStatus.MATCH: verifier_pb2.PIN_STATUS_MATCH,
+    PinStatus.PINNED: verifier_pb2.PIN_STATUS_PINNED,
+    PinStatus.CHANGED: verifier_pb2.PIN_STATUS_CHANGED,
+    PinStatus.UNKNOWN: verifier_pb2.PIN_STATUS_UNKNOWN,
+}
+PIN_STATUS_OF_PB = {v: k for k, v in PIN_STATUS_TO_PB.items()}

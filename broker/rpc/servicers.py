@@ -20,6 +20,8 @@ from broker._proto.broker.v1 import (
 )
 from broker.app import gateway_support
 from broker.app.credentials import Broker
+from broker.app.toolpins import MAX_TOOLS, ToolPins
+from broker.core.errors import InvalidRequest
 from broker.core.model import RevocationKind
 from broker.core.requests import (
     MAX_REFUSALS,
@@ -30,7 +32,13 @@ from broker.core.requests import (
     Refusal,
     VerifyRequest,
 )
-from broker.rpc.convert import TAINT_FROM_PB, TAINT_TO_PB, digest_of_args, timestamp
+from broker.rpc.convert import (
+    PIN_STATUS_TO_PB,
+    TAINT_FROM_PB,
+    TAINT_TO_PB,
+    digest_of_args,
+    timestamp,
+)
 from broker.rpc.identity import current_peer
 from broker.rpc.status import abort
 
@@ -165,6 +173,7 @@ _PREVIEW_TO_PB = {
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
+        self._pins = ToolPins(broker)
 
     @rpc
     async def VerifyCredential(
@@ -217,6 +226,27 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):
             ),
         )
         return verifier_pb2.ReportOutcomeResponse(taint=TAINT_TO_PB[taint])
+
+    @rpc
+    async def SyncToolDefinitions(
+        self, request: verifier_pb2.SyncToolDefinitionsRequest, context: grpc.aio.ServicerContext
+    ) -> verifier_pb2.SyncToolDefinitionsResponse:
+        if len(request.tools) > MAX_TOOLS:
+            raise InvalidRequest("tools", f"at most {MAX_TOOLS} tools per sync")
+        observed = {t.name: t.sha256 for t in request.tools}
+        if len(observed) != len(request.tools):
+            raise InvalidRequest("tools", "a tool name appears twice")
+        result = await self._pins.sync(current_peer(), observed)
+        return verifier_pb2.SyncToolDefinitionsResponse(
+            tools=[
+                verifier_pb2.ToolVerdict(name=n, status=PIN_STATUS_TO_PB[s])
+                for n, s in result.tools.items()
+            ],
+            server=result.server.name,
+            content_trust=verifier_pb2.TRUSTED if result.server.trusted else verifier_pb2.UNTRUSTED,
+            allow_resources=result.server.allow_resources,
+            allow_prompts=result.server.allow_prompts,
+        )
 
     @rpc
     async def ReportRefusals(

@@ -120,15 +120,20 @@ async def test_no_token_is_401_with_resource_metadata(stack: Stack) -> None:
         metadata_url = url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
         assert challenge.startswith("Bearer ")
         assert f'resource_metadata="{metadata_url}"' in challenge
+        assert "NO_CREDENTIAL" in challenge  # the reason, in the header and in the body
+        assert resp.json()["error"]["data"]["reason"] == "NO_CREDENTIAL"
         metadata = (await http.get(metadata_url)).json()
         assert metadata["resource"] == url
+        # the broker is no OAuth authorization server: none is advertised
+        assert "authorization_servers" not in metadata
         # a token that is not a credential of this broker is no better than none
         resp = await http.post(
             url, json=body, headers={**headers, "authorization": "Bearer not-a-token"}
         )
         assert resp.status_code == 401
+        assert resp.json()["error"]["data"]["reason"] == "MALFORMED_TOKEN"
     async with stack.agent.task("probe") as task, stack.tools(task, "docs") as docs:
-        assert await refused(docs.call_with(None, "search_docs", QUERY)) is Reason.MALFORMED_TOKEN
+        assert await refused(docs.call_with(None, "search_docs", QUERY)) is Reason.NO_CREDENTIAL
 
 
 async def test_token_for_another_tool_server_or_arguments_is_rejected(stack: Stack) -> None:

@@ -23,8 +23,8 @@ def run(*args: str) -> Result:
 def test_validate_ok_prints_a_summary() -> None:
     result = run("validate", *PATHS)
     assert result.exit_code == 0, result.output
-    assert "OK: 5 policies in 2 file(s)" in result.stdout
-    assert "4 servers, 8 tools, 1 agents" in result.stdout
+    assert "OK: 6 policies in 2 file(s)" in result.stdout
+    assert "6 servers, 30 tools, 1 agents" in result.stdout
     assert "tier3-needs-approval (forbid, tiers.cedar)" in result.stdout
     assert "sha256:" in result.stdout
 

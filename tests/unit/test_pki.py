@@ -266,6 +266,8 @@ def test_dev_identities_match_the_api() -> None:
         "mcp-repo": "spiffe://dev.local/mcp/repo",
         "mcp-secrets": "spiffe://dev.local/mcp/secrets",
         "mcp-deploy": "spiffe://dev.local/mcp/deploy",
+        "mcp-files": "spiffe://dev.local/mcp/files",
+        "mcp-everything": "spiffe://dev.local/mcp/everything",
         "operator-admin": "spiffe://dev.local/operator/admin",
     }
 
@@ -286,6 +288,8 @@ def test_ensure_dev_pki_creates_everything_once(tmp_path: Path) -> None:
     broker_names = _ext(_cert(directory / "broker.crt"), x509.SubjectAlternativeName).value
     assert broker_names.get_values_for_type(x509.DNSName) == ["localhost"]
     assert len(broker_names.get_values_for_type(x509.IPAddress)) == 2
+    guard_names = _ext(_cert(directory / "mcp-files.crt"), x509.SubjectAlternativeName).value
+    assert len(guard_names.get_values_for_type(x509.IPAddress)) == 2  # `broker guard --tls`
 
     snapshot = {path: path.read_bytes() for path in _all_dev_files(directory)}
     assert pki.ensure_dev_pki(directory, now=NOW + dt.timedelta(days=30)) == []

@@ -80,7 +80,7 @@ def test_dev_cases_cover_every_rule_and_effect() -> None:
 
 
 def test_dev_policy_ids_and_digest(dev_engine: PolicyEngine) -> None:
-    assert dev_engine.policy_count == 5
+    assert dev_engine.policy_count == 6
     assert "tier3-needs-approval" in dev_engine.policy_ids
     assert len(dev_engine.digest) == 64
     int(dev_engine.digest, 16)
@@ -276,7 +276,7 @@ def test_an_empty_directory_is_refused(tmp_path: Path, registry: Registry) -> No
 def test_a_list_of_files(tmp_path: Path, registry: Registry) -> None:
     files = sorted((DEV / "policies").glob("*.cedar"))
     engine = policy_engine(files, registry)
-    assert engine.policy_count == 5
+    assert engine.policy_count == 6
     assert engine.files == tuple(f.name for f in files)
 
 
@@ -307,7 +307,7 @@ def test_reload_keeps_the_running_set_on_an_invalid_policy(
     )
     engine.reload()
     assert engine.digest != before
-    assert engine.policy_count == 6
+    assert engine.policy_count == 7
     decision = engine.decide(write)
     assert (decision.effect, decision.policy_ids) == (Effect.DENY, ("no-writes",))
 
@@ -506,4 +506,4 @@ def test_registry_entities_shape(registry: Registry) -> None:
     assert ("Broker::Agent", DEMO) in uids
     assert ("Broker::Server", "spiffe://dev.local/mcp/deploy") in uids
     assert ("Broker::Tool", "spiffe://dev.local/mcp/deploy#rollback") in uids
-    assert len(entities) == 1 + 4 + 8
+    assert len(entities) == 1 + 6 + 8 + 14 + 8  # agent, servers, tools (files 14, everything 8)

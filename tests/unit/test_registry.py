@@ -39,12 +39,28 @@ def test_dev_registry_loads_as_api_md_describes() -> None:
         ("repo", 1),
         ("secrets", 2),
         ("deploy", 3),
+        ("files", 1),
+        ("everything", 0),
     ]
     docs = reg.server("docs")
     assert docs.spiffe_id == "spiffe://dev.local/mcp/docs"
     assert docs.content_trust is ContentTrust.UNTRUSTED
     assert reg.server("repo").content_trust is ContentTrust.TRUSTED
-    risks = {(s.name, t.name): t.risk for s in reg.servers for t in s.tools.values()}
+    # API.md "Dev setup additions": the npm servers behind `broker guard`
+    files, everything = reg.server("files"), reg.server("everything")
+    assert files.content_trust is ContentTrust.TRUSTED and not files.allow
+    assert everything.content_trust is ContentTrust.UNTRUSTED
+    assert not everything.allow  # untrusted: resources and prompts could not taint a task
+    writes = {t.name for t in files.tools.values() if t.risk is Risk.WRITE}
+    assert writes == {"write_file", "edit_file", "create_directory", "move_file"}
+    assert len(files.tools) == 14
+    assert everything.tools["echo"].risk is Risk.READ
+    risks = {
+        (s.name, t.name): t.risk
+        for s in reg.servers
+        if s.name not in ("files", "everything")
+        for t in s.tools.values()
+    }
     assert risks == {
         ("docs", "search_docs"): Risk.READ,
         ("docs", "fetch_page"): Risk.READ,
@@ -234,13 +250,13 @@ ERRORS: list[tuple[str, Mutation, str, str]] = [
     (
         "duplicate server name",
         _append_copy("servers", 0, spiffe_id="spiffe://dev.local/mcp/docs2"),
-        "servers[4].name",
+        "servers[6].name",
         "duplicate 'docs'",
     ),
     (
         "duplicate server id",
         _append_copy("servers", 0, name="docs2"),
-        "servers[4].spiffe_id",
+        "servers[6].spiffe_id",
         "already servers[0]",
     ),
     (
@@ -257,6 +273,18 @@ ERRORS: list[tuple[str, Mutation, str, str]] = [
         "not a valid name",
     ),
     ("typo in a key", _set("servers.0.tols", {}), "servers[0].tols", "unknown key"),
+    (
+        "allow what a guard cannot pass",
+        _set("servers.0.allow", ["sampling"]),
+        "servers[0].allow[0]",
+        "one of: resources, prompts",
+    ),
+    (
+        "allow not a list",
+        _set("servers.0.allow", "resources"),
+        "servers[0].allow",
+        "must be a list",
+    ),
     ("unknown top key", _set("server", []), "server", "allowed: version, servers"),
     ("no servers", _set("servers", []), "servers", "at least one"),
     ("servers not a list", _set("servers", {"a": 1}), "servers", "must be a list"),
@@ -337,3 +365,11 @@ def test_other_trust_domain_refuses_the_dev_registry() -> None:
     with pytest.raises(ConfigError) as err:
         load_registry(DEV_REGISTRY, "prod.example")
     assert err.value.key == "servers[0].spiffe_id"
+
+
+def test_allow_lists_what_a_guard_passes_besides_tools() -> None:
+    data = dev_data()
+    _set("servers.0.allow", ["prompts", "resources"])(data)
+    reg = parse_registry(data, TD)
+    assert reg.servers[0].allow == {"prompts", "resources"}
+    assert not reg.servers[1].allow  # default: nothing but tools

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
 from broker.app.ports import Quotas, TaintRose
@@ -25,6 +25,7 @@ from broker.core.model import (
     TaskState,
 )
 from broker.core.tokens.keys import PublishedKey
+from broker.core.tooldefs import ToolPin
 
 MAX_EVENTS = 100_000  # revocation feed retention (by count)
 
@@ -49,6 +50,7 @@ class MemoryStore:
         self._changed = asyncio.Condition()
         self._published: dict[str, PublishedKey] = {}  # signing keys of the replicas, by kid
         self._lock = asyncio.Lock()
+        self._pins: dict[str, dict[str, ToolPin]] = {}  # server -> tool -> pin
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -426,6 +428,31 @@ class MemoryStore:
             self._children.pop(tid, None)
         for aid in [a for a in self._approvals if task_of_approval(a) not in self._tasks]:
             del self._approvals[aid]
+
+    # -- tool definition pins ------------------------------------------------------------------
+
+    async def tool_pins(self, server: str) -> Mapping[str, ToolPin]:
+        return dict(self._pins.get(server, {}))
+
+    async def observe_tools(
+        self, server: str, observed: Mapping[str, str], now: float
+    ) -> tuple[Mapping[str, ToolPin], frozenset[str]]:
+        pins = self._pins.setdefault(server, {})
+        newly = set()
+        for tool, sha in observed.items():
+            pin = pins.get(tool)
+            if pin is None:
+                pins[tool] = ToolPin(tool, sha, now, sha, now)
+                newly.add(tool)
+            else:
+                pins[tool] = replace(pin, observed_sha256=sha, observed_at=now)
+        return dict(pins), frozenset(newly)
+
+    async def set_tool_pin(self, server: str, tool: str, sha256: str, now: float) -> None:
+        pins = self._pins.setdefault(server, {})
+        pin = pins.get(tool)
+        observed = (pin.observed_sha256, pin.observed_at) if pin else (sha256, now)
+        pins[tool] = ToolPin(tool, sha256, now, *observed)
 
     # -- signing keys shared by replicas -----------------------------------------------------
 

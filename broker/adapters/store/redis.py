@@ -18,6 +18,8 @@ either ran or did not: no caller ever sees half of a change. Key layout (``ns`` 
     ns:{agent:<id>}:tasks[:ret]  zsets  the agent's tasks by created_at [by retain_until]
     ns:{idx}:tasks[:ret]         zsets  every task by created_at [by retain_until]
     ns:{srv:<id>}:tasks          zset   tasks that held a credential for the server -> retain
+    ns:{pins:<id>}:pinned        hash   tool -> "sha256|at": pinned definitions (``_redis_pins``)
+    ns:{pins:<id>}:observed      hash   tool -> "sha256|at": what a guard last observed
     ns:revocations               stream the revocation feed (XADD MAXLEN ~ 100000)
     ns:{keys}:pub, :until        hash, zset  public signing keys of every replica (``_redis_keys``)
 
@@ -62,7 +64,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -90,6 +92,7 @@ from broker.adapters.store._redis_codec import (
 from broker.adapters.store._redis_feed import RevocationFeed
 from broker.adapters.store._redis_io import Guard
 from broker.adapters.store._redis_keys import RedisPublishedKeys
+from broker.adapters.store._redis_pins import RedisToolPins
 from broker.app.ports import Quotas, TaintRose
 from broker.core.approvals import ApprovalRecord
 from broker.core.blocks import Block, covering, refusal
@@ -111,6 +114,7 @@ from broker.core.model import (
     TaskState,
 )
 from broker.core.tokens.keys import PublishedKey
+from broker.core.tooldefs import ToolPin
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +166,7 @@ class RedisStore:
         self._indexed: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._pending: OrderedDict[str, list[str]] = OrderedDict()
         self._feed = RevocationFeed(client, f"{namespace}:revocations", self._guard, block)
+        self._pins = RedisToolPins(client, namespace, self._guard)
         self._approvals = RedisApprovals(
             client, namespace, self._guard, self._run, self._reserve_cap, self._release_cap
         )
@@ -713,6 +718,19 @@ class RedisStore:
         return out
 
     # -- housekeeping --------------------------------------------------------------------------
+
+    # -- tool definition pins (broker.adapters.store._redis_pins) ----------------------------------
+
+    async def tool_pins(self, server: str) -> Mapping[str, ToolPin]:
+        return await self._pins.tool_pins(server)
+
+    async def observe_tools(
+        self, server: str, observed: Mapping[str, str], now: float
+    ) -> tuple[Mapping[str, ToolPin], frozenset[str]]:
+        return await self._pins.observe_tools(server, observed, now)
+
+    async def set_tool_pin(self, server: str, tool: str, sha256: str, now: float) -> None:
+        await self._pins.set_tool_pin(server, tool, sha256, now)
 
     # -- signing keys shared by replicas (``_redis_keys``) -------------------------------------
 

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import hashlib
 import inspect
 import logging
-import re
 import typing
 from collections.abc import Callable, Collection
 from typing import Any, TypeVar
@@ -49,17 +47,21 @@ from mcp.shared.exceptions import MCPError
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker.client.mcp.enforce import Enforcer, Withheld
+from broker.client.mcp.resource import (
+    challenge,
+    metadata_document,
+    metadata_path,
+    unauthorized_body,
+)
 from broker.client.mcp.wire import CREDENTIAL_REJECTED, DOMAIN
 from broker.client.verifier import VerifiedCall, Verifier
-from broker.core.errors import BrokerError, Unauthenticated
-from broker.core.sanitizer import SUSPECT, Finding, sanitize
+from broker.core.errors import Reason, Unauthenticated
 
 log = logging.getLogger("broker.client.mcp")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-MAX_FINDINGS = 100
-MAX_DETAIL = 200
 _CTX_PARAM = "broker_ctx"
 
 
@@ -68,7 +70,6 @@ _CTX_PARAM = "broker_ctx"
 _REFUSAL: contextvars.ContextVar[Unauthenticated | None] = contextvars.ContextVar(
     "broker_mcp_refusal", default=None
 )
-_UNSAFE = re.compile(r'[^ -~]|["\\]')
 
 
 class BrokerTokenVerifier:
@@ -96,30 +97,68 @@ class BrokerTokenVerifier:
 
 
 class RefusalReasons:
-    """ASGI middleware: a 401 for a refused credential names the reason in the RFC 6750
-    ``error_description`` of ``WWW-Authenticate`` (``"REVOKED: task ... has ended"``) instead of
-    the SDK's generic "Authentication required"; a missing credential keeps the generic text."""
+    """ASGI middleware in front of the SDK's auth (``broker.client.mcp.resource``):
 
-    def __init__(self, app: ASGIApp) -> None:
+    - serves this server's RFC 9728 metadata itself, listing no authorization server (the SDK
+      would advertise ``issuer_url``, and the broker is not an OAuth authorization server);
+    - a 401 names the reason: in the RFC 6750 ``error_description`` of ``WWW-Authenticate``
+      (``"REVOKED: task ... has ended"``, ``"NO_CREDENTIAL: ..."``) and in a JSON-RPC error
+      body (``CREDENTIAL_REJECTED`` with ``data.reason``) instead of the SDK's generic text.
+    """
+
+    def __init__(self, app: ASGIApp, resource_url: str, name: str) -> None:
         self.app = app
+        self.resource_url = resource_url
+        self.name = name
+        self.metadata_path = metadata_path(resource_url)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["path"] == self.metadata_path and scope["method"] == "GET":
+            body = orjson.dumps(metadata_document(self.resource_url, self.name))
+            await _send_json(send, 200, body, [])
+            return
         reset = _REFUSAL.set(None)
+        held: list[Message] = []
 
         async def send_reason(message: Message) -> None:
-            refusal = _REFUSAL.get()
-            if message["type"] == "http.response.start" and message["status"] == 401 and refusal:
-                said = _UNSAFE.sub("?", str(refusal))[:300]
-                message = {
-                    **message,
-                    "headers": [
-                        (k, _with_description(v, said) if k.lower() == b"www-authenticate" else v)
-                        for k, v in message.get("headers", [])
-                    ],
-                }
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                held.append(message)  # replaced, with its body, when the body comes
+                return
+            if held and message["type"] == "http.response.body":
+                if message.get("more_body"):
+                    return
+                refusal = _REFUSAL.get()
+                if refusal is None:
+                    refusal = Unauthenticated(
+                        "no credential: send `Authorization: Bearer <credential>`",
+                        Reason.NO_CREDENTIAL,
+                    )
+                text = str(refusal)
+                headers = [
+                    (k, v)
+                    for k, v in held[0].get("headers", [])
+                    if k.lower() not in (b"www-authenticate", b"content-length", b"content-type")
+                ]
+                headers.append(
+                    (
+                        b"www-authenticate",
+                        challenge(
+                            self.resource_url,
+                            text,
+                            invalid=refusal.reason is not Reason.NO_CREDENTIAL,
+                        ),
+                    )
+                )
+                body = orjson.dumps(
+                    unauthorized_body(
+                        None, refusal.reason.value, refusal.message, self.resource_url
+                    )
+                )
+                await _send_json(send, 401, body, headers)
+                return
             await send(message)
 
         try:
@@ -128,10 +167,14 @@ class RefusalReasons:
             _REFUSAL.reset(reset)
 
 
-def _with_description(challenge: bytes, description: str) -> bytes:
-    text = challenge.decode("latin-1")
-    text = re.sub(r'error_description="[^"]*"', f'error_description="{description}"', text)
-    return text.encode("latin-1")
+async def _send_json(send: Send, status: int, body: bytes, headers: list[Any]) -> None:
+    headers = [
+        *headers,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def rejection(exc: Unauthenticated) -> MCPError:
@@ -147,7 +190,8 @@ class ToolGuard:
 
     ``url``: this server's MCP endpoint as clients reach it (the RFC 9728 resource; the token's
     audience is checked against the server's SPIFFE ID instead, since it is not a URL).
-    ``issuer_url``: advertised as the authorization server in the resource metadata.
+    ``issuer_url``: kept for compatibility, no longer advertised (the metadata lists no
+    authorization server: see ``broker.client.mcp.resource``).
     ``trusted``: the content trust reported for every tool (None: the broker's registry says).
     ``allowed_hosts``: hosts links and images in the output may point at.
     """
@@ -167,6 +211,7 @@ class ToolGuard:
         self.trusted = trusted
         self.allowed_hosts = tuple(allowed_hosts)
         self.token_verifier = BrokerTokenVerifier(verifier)
+        self.enforcer = Enforcer(verifier, allowed_hosts=self.allowed_hosts)
         self.mcp: MCPServer[Any] | None = None
 
     def auth_settings(self) -> AuthSettings:
@@ -184,7 +229,7 @@ class ToolGuard:
         if server is None:
             raise TypeError("pass the MCPServer, or create it with guard.server(...)")
         app = server.streamable_http_app(**kwargs)
-        app.add_middleware(RefusalReasons)
+        app.add_middleware(RefusalReasons, resource_url=self.url, name=f"MCP server {server.name}")
         return app
 
     def server(self, name: str, **kwargs: Any) -> MCPServer[Any]:
@@ -261,81 +306,31 @@ class ToolGuard:
 
     async def admit(self, ctx: Context[Any, Any], tool: str) -> VerifiedCall:
         """Check and consume the credential of the current request for ``tool`` with the
-        request's raw arguments. Raises ``MCPError(CREDENTIAL_REJECTED)``."""
+        request's raw arguments (``broker.client.mcp.enforce``). Raises
+        ``MCPError(CREDENTIAL_REJECTED)``."""
         access = get_access_token()
-        if access is None:
-            raise rejection(
-                Unauthenticated("no credential: call this tool over HTTP with a Bearer token")
-            )
         params = ctx.request_context.params or {}
-        arguments = params.get("arguments") or {}
-        if not isinstance(arguments, dict):
-            raise rejection(Unauthenticated("the call's arguments are not a JSON object"))
         try:
-            call = await self.verifier.verify(access.token, tool=tool, arguments=arguments)
+            return await self.enforcer.admit(
+                access.token if access is not None else None,
+                tool=tool,
+                arguments=params.get("arguments") or {},
+            )
         except Unauthenticated as exc:
-            log.info("tool %s: credential rejected: %s", tool, exc.reason.value)
             raise rejection(exc) from None
-        log.info("tool %s: admitted %s (task %s)", tool, call.jti, call.task_id)
-        return call
 
     async def release(self, call: VerifiedCall, result: Any, *, trusted: bool | None) -> Any:
         """Sanitize ``result``'s text, report the outcome, return the cleaned result."""
-        findings: list[Finding] = []
-        cleaned = _clean(result, self.allowed_hosts, findings)
-        suspect = [f for f in findings if f.severity == SUSPECT][:MAX_FINDINGS]
         try:
-            taint = await self.verifier.report_outcome(
-                call,
-                succeeded=True,
-                result_sha256=_digest(cleaned),
-                trusted=trusted,
-                findings=[(f.kind, f.detail[:MAX_DETAIL]) for f in suspect],
-            )
-        except BrokerError as exc:
-            if suspect or trusted is not True:
-                log.warning("tool %s: outcome not reported (%s): result withheld", call.tool, exc)
-                raise ToolError(
-                    "the result was withheld: its outcome could not be reported to the broker"
-                ) from None
-            log.warning("tool %s: outcome not reported: %s", call.tool, exc)
-            return cleaned
-        if suspect:
-            log.warning(
-                "tool %s: output flagged (%s); task %s is now %s",
-                call.tool,
-                ", ".join(sorted({f.kind for f in suspect})),
-                call.task_id,
-                taint.label,
-            )
-        return cleaned
+            return await self.enforcer.release(call, result, trusted=trusted)
+        except Withheld as exc:
+            raise ToolError(str(exc)) from None
 
     async def _report_failure(self, call: VerifiedCall, trusted: bool | None) -> None:
-        try:
-            await self.verifier.report_outcome(call, succeeded=False, trusted=trusted)
-        except BrokerError as exc:
-            log.warning("tool %s: failure not reported: %s", call.tool, exc)
+        await self.enforcer.report_failure(call, trusted)
 
 
 def _is_context(hint: Any) -> bool:
     if inspect.isclass(hint) and issubclass(hint, Context):
         return True
     return any(inspect.isclass(a) and issubclass(a, Context) for a in typing.get_args(hint))
-
-
-def _clean(value: Any, hosts: tuple[str, ...], findings: list[Finding]) -> Any:
-    """``value`` with every string (also inside lists, tuples and dict values) sanitized."""
-    if isinstance(value, str):
-        result = sanitize(value, allowed_hosts=hosts)
-        findings.extend(result.findings)
-        return result.text
-    if isinstance(value, list | tuple):
-        return type(value)(_clean(v, hosts, findings) for v in value)
-    if isinstance(value, dict):
-        return {k: _clean(v, hosts, findings) for k, v in value.items()}
-    return value
-
-
-def _digest(value: Any) -> str:
-    data = value.encode() if isinstance(value, str) else orjson.dumps(value, default=repr)
-    return hashlib.sha256(data).hexdigest()

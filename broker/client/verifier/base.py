@@ -33,6 +33,8 @@ from broker.core.tokens.claims import TokenClaims
 from broker.core.tokens.jws import ES256, decode_unverified
 from broker.core.tokens.keys import KeySet
 from broker.core.tokens.verify import verify_token
+from broker.core.tooldefs import PinStatus, ServerPolicy, SyncResult
+from broker.rpc.convert import PIN_STATUS_OF_PB
 
 T = TypeVar("T")
 log = logging.getLogger("broker.client.verifier")
@@ -270,6 +272,29 @@ class BaseVerifier:
             ),
         )
         return TAINT_OF_PB.get(resp.taint, Taint.SUSPECT)
+
+    async def sync_tool_definitions(self, observed: Mapping[str, str]) -> SyncResult:
+        """SyncToolDefinitions (``broker guard``): report the digests of the tool definitions
+        the upstream lists (tool -> sha256, ``broker.core.tooldefs.tool_digest``); learn which
+        may be listed and called, and what the registry says of this server."""
+        resp = await self._rpc(
+            "SyncToolDefinitions",
+            self.stub.SyncToolDefinitions,
+            verifier_pb2.SyncToolDefinitionsRequest(
+                tools=[verifier_pb2.ObservedTool(name=n, sha256=d) for n, d in observed.items()]
+            ),
+        )
+        return SyncResult(
+            ServerPolicy(
+                name=resp.server,
+                trusted={verifier_pb2.TRUSTED: True, verifier_pb2.UNTRUSTED: False}.get(
+                    resp.content_trust
+                ),
+                allow_resources=resp.allow_resources,
+                allow_prompts=resp.allow_prompts,
+            ),
+            {t.name: PIN_STATUS_OF_PB.get(t.status, PinStatus.UNKNOWN) for t in resp.tools},
+        )
 
     # -- token checks --------------------------------------------------------------------------
 

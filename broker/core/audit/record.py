@@ -63,6 +63,9 @@ class AuditEventName(StrEnum):
     POLICY_RELOAD = "policy.reload"
     SECRET_ISSUE = "secret.issue"  # noqa: S105 - an event name, not a password
     SECRET_REVOKE = "secret.revoke"  # noqa: S105 - an event name, not a password
+    TOOL_PINNED = "tool.pinned"  # a guard saw a registry tool's definition first: pinned
+    TOOL_CHANGED = "tool.changed"  # a definition differs from its pin: a rug pull until re-pinned
+    TOOL_REPINNED = "tool.repinned"  # an operator re-pinned a tool to its observed definition
     TASK_PREVIEW = "task.preview"  # PreviewTools: what policy would decide, nothing minted
     TAINT_RAISE = "taint.raise"  # RaiseTaint: an agent reports an unguarded server's content
 

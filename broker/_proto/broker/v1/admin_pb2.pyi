@@ -383,3 +383,51 @@ class ReloadPolicyResponse(_message.Message):
     policies: int
     digest: str
     def __init__(self, policies: _Optional[int] = ..., digest: _Optional[str] = ...) -> None: ...
+
+class ToolPin(_message.Message):
+    __slots__ = ("server", "tool", "pinned_sha256", "pinned_at", "observed_sha256", "observed_at", "changed")
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    PINNED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PINNED_AT_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_SHA256_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    tool: str
+    pinned_sha256: str
+    pinned_at: _timestamp_pb2.Timestamp
+    observed_sha256: str
+    observed_at: _timestamp_pb2.Timestamp
+    changed: bool
+    def __init__(self, server: _Optional[str] = ..., tool: _Optional[str] = ..., pinned_sha256: _Optional[str] = ..., pinned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., observed_sha256: _Optional[str] = ..., observed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., changed: _Optional[bool] = ...) -> None: ...
+
+class ListToolPinsRequest(_message.Message):
+    __slots__ = ("server",)
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    def __init__(self, server: _Optional[str] = ...) -> None: ...
+
+class ListToolPinsResponse(_message.Message):
+    __slots__ = ("pins",)
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    pins: _containers.RepeatedCompositeFieldContainer[ToolPin]
+    def __init__(self, pins: _Optional[_Iterable[_Union[ToolPin, _Mapping]]] = ...) -> None: ...
+
+class PinToolsRequest(_message.Message):
+    __slots__ = ("server", "tool", "dry_run")
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    server: str
+    tool: str
+    dry_run: bool
+    def __init__(self, server: _Optional[str] = ..., tool: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class PinToolsResponse(_message.Message):
+    __slots__ = ("pins", "dry_run")
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    pins: _containers.RepeatedCompositeFieldContainer[ToolPin]
+    dry_run: bool
+    def __init__(self, pins: _Optional[_Iterable[_Union[ToolPin, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...

@@ -99,6 +99,16 @@ class AdminServiceStub:
                 request_serializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.ListToolPins = channel.unary_unary(
+                '/broker.v1.AdminService/ListToolPins',
+                request_serializer=broker_dot_v1_dot_admin__pb2.ListToolPinsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_admin__pb2.ListToolPinsResponse.FromString,
+                _registered_method=True)
+        self.PinTools = channel.unary_unary(
+                '/broker.v1.AdminService/PinTools',
+                request_serializer=broker_dot_v1_dot_admin__pb2.PinToolsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_admin__pb2.PinToolsResponse.FromString,
+                _registered_method=True)
         self.ListBlocks = channel.unary_unary(
                 '/broker.v1.AdminService/ListBlocks',
                 request_serializer=broker_dot_v1_dot_admin__pb2.ListBlocksRequest.SerializeToString,
@@ -192,6 +202,21 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListToolPins(self, request, context):
+        """Tool definition pins of a server (`broker servers pins NAME`): pinned vs last observed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PinTools(self, request, context):
+        """Re-pin a server's tools (or one) to the definitions its guard last observed; dry_run shows
+        what would change (`broker servers pin NAME [--tool T] [--dry-run]`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListBlocks(self, request, context):
         """Kill switches in force (RevokeAgent, RevokeServer, RevokeTier) and retained floors.
         """
@@ -274,6 +299,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadPolicy,
                     request_deserializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyRequest.FromString,
                     response_serializer=broker_dot_v1_dot_admin__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'ListToolPins': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListToolPins,
+                    request_deserializer=broker_dot_v1_dot_admin__pb2.ListToolPinsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_admin__pb2.ListToolPinsResponse.SerializeToString,
+            ),
+            'PinTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.PinTools,
+                    request_deserializer=broker_dot_v1_dot_admin__pb2.PinToolsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_admin__pb2.PinToolsResponse.SerializeToString,
             ),
             'ListBlocks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBlocks,
@@ -637,6 +672,60 @@ class AdminService:
             '/broker.v1.AdminService/ReloadPolicy',
             broker_dot_v1_dot_admin__pb2.ReloadPolicyRequest.SerializeToString,
             broker_dot_v1_dot_admin__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListToolPins(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.AdminService/ListToolPins',
+            broker_dot_v1_dot_admin__pb2.ListToolPinsRequest.SerializeToString,
+            broker_dot_v1_dot_admin__pb2.ListToolPinsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PinTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.AdminService/PinTools',
+            broker_dot_v1_dot_admin__pb2.PinToolsRequest.SerializeToString,
+            broker_dot_v1_dot_admin__pb2.PinToolsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,6 +34,14 @@ class RevocationKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REVOCATION_KIND_TIER: _ClassVar[RevocationKind]
     REVOCATION_KIND_ISSUED_BEFORE: _ClassVar[RevocationKind]
     REVOCATION_KIND_CREDENTIAL: _ClassVar[RevocationKind]
+
+class PinStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PIN_STATUS_UNSPECIFIED: _ClassVar[PinStatus]
+    PIN_STATUS_MATCH: _ClassVar[PinStatus]
+    PIN_STATUS_PINNED: _ClassVar[PinStatus]
+    PIN_STATUS_CHANGED: _ClassVar[PinStatus]
+    PIN_STATUS_UNKNOWN: _ClassVar[PinStatus]
 CONTENT_TRUST_UNSPECIFIED: ContentTrust
 TRUSTED: ContentTrust
 UNTRUSTED: ContentTrust
@@ -48,6 +56,11 @@ REVOCATION_KIND_SERVER: RevocationKind
 REVOCATION_KIND_TIER: RevocationKind
 REVOCATION_KIND_ISSUED_BEFORE: RevocationKind
 REVOCATION_KIND_CREDENTIAL: RevocationKind
+PIN_STATUS_UNSPECIFIED: PinStatus
+PIN_STATUS_MATCH: PinStatus
+PIN_STATUS_PINNED: PinStatus
+PIN_STATUS_CHANGED: PinStatus
+PIN_STATUS_UNKNOWN: PinStatus
 
 class VerifyCredentialRequest(_message.Message):
     __slots__ = ("token", "tool", "arguments", "args_sha256", "presenter_cert_sha256", "check_only")
@@ -189,3 +202,39 @@ class ReportRefusalsResponse(_message.Message):
     RECORDED_FIELD_NUMBER: _ClassVar[int]
     recorded: int
     def __init__(self, recorded: _Optional[int] = ...) -> None: ...
+
+class ObservedTool(_message.Message):
+    __slots__ = ("name", "sha256")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    sha256: str
+    def __init__(self, name: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class SyncToolDefinitionsRequest(_message.Message):
+    __slots__ = ("tools",)
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedCompositeFieldContainer[ObservedTool]
+    def __init__(self, tools: _Optional[_Iterable[_Union[ObservedTool, _Mapping]]] = ...) -> None: ...
+
+class ToolVerdict(_message.Message):
+    __slots__ = ("name", "status")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    status: PinStatus
+    def __init__(self, name: _Optional[str] = ..., status: _Optional[_Union[PinStatus, str]] = ...) -> None: ...
+
+class SyncToolDefinitionsResponse(_message.Message):
+    __slots__ = ("tools", "server", "content_trust", "allow_resources", "allow_prompts")
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TRUST_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedCompositeFieldContainer[ToolVerdict]
+    server: str
+    content_trust: ContentTrust
+    allow_resources: bool
+    allow_prompts: bool
+    def __init__(self, tools: _Optional[_Iterable[_Union[ToolVerdict, _Mapping]]] = ..., server: _Optional[str] = ..., content_trust: _Optional[_Union[ContentTrust, str]] = ..., allow_resources: _Optional[bool] = ..., allow_prompts: _Optional[bool] = ...) -> None: ...

@@ -54,6 +54,11 @@ class VerifierServiceStub:
                 request_serializer=broker_dot_v1_dot_verifier__pb2.WatchRevocationsRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_verifier__pb2.RevocationEvent.FromString,
                 _registered_method=True)
+        self.SyncToolDefinitions = channel.unary_unary(
+                '/broker.v1.VerifierService/SyncToolDefinitions',
+                request_serializer=broker_dot_v1_dot_verifier__pb2.SyncToolDefinitionsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_verifier__pb2.SyncToolDefinitionsResponse.FromString,
+                _registered_method=True)
         self.ReportRefusals = channel.unary_unary(
                 '/broker.v1.VerifierService/ReportRefusals',
                 request_serializer=broker_dot_v1_dot_verifier__pb2.ReportRefusalsRequest.SerializeToString,
@@ -92,6 +97,16 @@ class VerifierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SyncToolDefinitions(self, request, context):
+        """A guard (`broker guard`) reports the digests of the tool definitions its upstream lists and
+        gets back, per tool, whether it may be listed and called (registry and pins), and what the
+        registry says of this server. First sight of a registry tool pins it (audit tool.pinned); a
+        definition that differs from its pin is a rug pull (audit tool.changed) until re-pinned.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportRefusals(self, request, context):
         """The credentials an offline verifier refused, in batches, for the broker's audit trail.
         Never the token. At most 100 per call; dropped counts those a full buffer lost.
@@ -122,6 +137,11 @@ def add_VerifierServiceServicer_to_server(servicer, server):
                     servicer.WatchRevocations,
                     request_deserializer=broker_dot_v1_dot_verifier__pb2.WatchRevocationsRequest.FromString,
                     response_serializer=broker_dot_v1_dot_verifier__pb2.RevocationEvent.SerializeToString,
+            ),
+            'SyncToolDefinitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.SyncToolDefinitions,
+                    request_deserializer=broker_dot_v1_dot_verifier__pb2.SyncToolDefinitionsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_verifier__pb2.SyncToolDefinitionsResponse.SerializeToString,
             ),
             'ReportRefusals': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportRefusals,
@@ -237,6 +257,33 @@ class VerifierService:
             '/broker.v1.VerifierService/WatchRevocations',
             broker_dot_v1_dot_verifier__pb2.WatchRevocationsRequest.SerializeToString,
             broker_dot_v1_dot_verifier__pb2.RevocationEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SyncToolDefinitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.VerifierService/SyncToolDefinitions',
+            broker_dot_v1_dot_verifier__pb2.SyncToolDefinitionsRequest.SerializeToString,
+            broker_dot_v1_dot_verifier__pb2.SyncToolDefinitionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
