@@ -200,9 +200,7 @@ async def main() -> None:
         print("\n== Setting up part two: broker guard in front of the npm servers")
         async with guards(address) as urls:
             await run_guard_story(address, PKI, urls)
-        print(
-            "\n== Part three: an unmodified MCP client (the MCP Python SDK's) through broker gateway"
-        )
+        print("\n== 11. An unmodified MCP client (the MCP Python SDK's) through broker gateway")
         await run_gateway_act(address, PKI)
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
 
