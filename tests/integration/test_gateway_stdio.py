@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import tempfile
@@ -338,3 +339,35 @@ async def _outlive(running: Running, config: Path) -> None:
             if states[first["task_id"]] in ("TASK_STATE_ENDED", "TASK_STATE_EXPIRED"):
                 break
             await asyncio.sleep(0.2)
+
+
+async def test_an_unreachable_broker_fails_closed_with_a_readable_answer(
+    pki: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_config(tmp_path, {"files": {"url": "https://127.0.0.1:1/mcp"}})
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_argv(port, pki, config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=gateway_env(),
+    )
+    requests = (
+        b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}\n'
+        b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"files__write_file",'
+        b'"arguments":{"path":"a","content":"b"}}}\n'
+    )
+    out, err = await asyncio.wait_for(proc.communicate(requests), 30)
+    answers = {m["id"]: m for m in map(json.loads, out.decode().splitlines())}
+    assert answers[1]["error"]["code"] == -32603
+    assert "unreachable" in answers[1]["error"]["message"]
+    call = answers[2]["result"]
+    assert call["isError"] and call["_meta"]["broker.v1/denial"]["reason"] == "BROKER_UNAVAILABLE"
+    assert "the call was not made" in call["content"][0]["text"]
+    assert "Connection refused" not in call["content"][0]["text"]  # details stay in the log
+    assert b"DENIED files__write_file: BROKER_UNAVAILABLE" in err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from broker.client.gateway.upstream import CredentialRefused, UpstreamError
 from broker.client.gateway.wire import Refusal
+from broker.client.sdk.errors import BrokerUnavailable
 from broker.core.errors import BrokerError, PermissionDenied, Reason
 
 NO_RETRY = "Do not retry this call unchanged: the broker would decide the same way."
@@ -38,6 +39,16 @@ def pending(tool: str, approval_id: str, reason: str, waited: float) -> Refusal:
 
 
 def from_broker(tool: str, exc: BrokerError, why: tuple[str, ...] = ()) -> Refusal:
+    if isinstance(exc, BrokerUnavailable):  # gRPC's details go to the log, not to the model
+        return Refusal(
+            tool,
+            "BROKER_UNAVAILABLE",
+            "The broker could not be reached or did not answer: the call was not made.",
+            hints=(
+                "Try again in a little while. If it keeps failing, tell the user: the "
+                "gateway's log (stderr) says why the broker cannot be reached.",
+            ),
+        )
     reason = exc.reason
     ids = exc.policy_ids if isinstance(exc, PermissionDenied) else ()
     message = exc.message.rstrip(".") + "."

@@ -195,8 +195,11 @@ class Session:
         try:
             task_id = await self.ensure_task()
         except BrokerError as exc:
+            log.warning("cannot begin this session's task: %s", exc)
+            why = "unreachable" if isinstance(exc, BrokerUnavailable) else exc.reason.value
             raise JsonRpcError(
-                -32603, f"the broker cannot begin this session's task: {exc}"
+                -32603,
+                f"the broker cannot begin this session's task ({why}): see the gateway's log",
             ) from None
         by_server = await self.hub.all_tools()
         allowed = await self._decide(task_id, by_server)
@@ -228,8 +231,10 @@ class Session:
                 log.warning("the broker has no PreviewTools (older version): listing every tool")
                 self.hub.preview_supported = False
                 return dict.fromkeys(pairs, "allow")
+            log.warning("cannot preview this session's tools: %s", exc)
             raise JsonRpcError(
-                -32603, f"the broker cannot preview this session's tools: {exc}"
+                -32603,
+                "the broker cannot say which tools this session may use: see the gateway's log",
             ) from None
         out: dict[tuple[str, str], str] = {}
         for (server, tool), p in zip(pairs, previews, strict=False):
