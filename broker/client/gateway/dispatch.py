@@ -14,7 +14,8 @@ import logging
 from typing import Any
 
 from broker.client.gateway import wire
-from broker.client.gateway.session import JsonRpcError, Session
+from broker.client.gateway.session import Session
+from broker.client.gateway.wire import JsonRpcError
 
 log = logging.getLogger("broker.gateway")
 

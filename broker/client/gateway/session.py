@@ -28,7 +28,13 @@ from broker.client.gateway.broker_link import Granted, Pending, Preview
 from broker.client.gateway.hub import Hub, decisions
 from broker.client.gateway.unguarded import clean_result
 from broker.client.gateway.upstream import UpstreamError, UpstreamRpcError
-from broker.client.gateway.wire import Refusal, notification, split_tool, tool_entry
+from broker.client.gateway.wire import (
+    JsonRpcError,
+    Refusal,
+    notification,
+    split_tool,
+    tool_entry,
+)
 from broker.client.sdk.errors import BrokerUnavailable
 from broker.core.canonical import args_sha256
 from broker.core.errors import BrokerError, Reason
@@ -40,14 +46,6 @@ RECHECK_INTERVAL = 0.5
 RENEW_BEFORE = 30.0  # seconds before its expiry a task is replaced by the next one
 RENEW_GRACE = 5.0  # seconds the replaced task lives on for calls in flight
 APPROVAL_NOTE = "(Each call needs an operator's approval through the broker.)"
-
-
-class JsonRpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 class Session:

@@ -45,6 +45,16 @@ INSTRUCTIONS = (
 )
 
 
+class JsonRpcError(Exception):
+    """A request the gateway answers with a JSON-RPC error (not a tool result)."""
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
 def response(msg_id: Any, result: Mapping[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": JSONRPC, "id": msg_id, "result": dict(result)}
 
