@@ -8,7 +8,7 @@ DEV_DIR := .broker-dev
 BROKER_LISTEN ?= 127.0.0.1:7443
 BROKER_STORE ?= memory://
 
-.PHONY: proxy-venv venv run run-vault test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile
+.PHONY: proxy-venv venv run run-vault test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile soak
 
 venv: $(STAMP)
 
@@ -95,6 +95,11 @@ proxy-venv: $(PROXY_VENV)/bin/mcp-proxy
 $(PROXY_VENV)/bin/mcp-proxy:
 	@$(PY) -m venv $(PROXY_VENV)
 	@$(PROXY_VENV)/bin/python -m pip install -q 'mcp-proxy==0.13.0'
+
+# N minutes (SOAK_MINUTES, default 30) at half load on the memory and Redis stores: RSS, fds,
+# tasks and Redis keys sampled; growth, p99 first/last five minutes, leftovers (docs/performance.md).
+soak: $(STAMP) deps-system
+	@$(BIN)/python -m bench.soak
 
 # Where a mint's time goes: py-spy on one worker under mint load -> bench/profile.txt.
 bench-profile: $(STAMP) deps-system

@@ -166,9 +166,11 @@ def start_broker(
     workers: int,
     per_agent_quota: int = 10_000_000,
     registry: Path | None = None,
+    settings: dict[str, object] | None = None,
 ) -> BrokerProc:
     """`broker serve` with the dev registry and policies, a JSON lines audit file, signing keys
-    in ``directory/keys`` (the harness signs offline-verify tokens with the same key)."""
+    in ``directory/keys`` (the harness signs offline-verify tokens with the same key).
+    ``settings``: config sections to add (e.g. ``{"tasks": {"retention_seconds": 60}}``)."""
     from broker.adapters.pki import ensure_dev_pki
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -192,6 +194,7 @@ def start_broker(
         "quotas": {"per_agent": per_agent_quota},
         "audit": {"sinks": [f"jsonl:{directory / 'audit.jsonl'}"]},
         "log_level": "warning",
+        **(settings or {}),
     }
     path = directory / "broker.yaml"
     path.write_bytes(orjson.dumps(config))  # JSON is YAML

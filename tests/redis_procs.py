@@ -196,6 +196,19 @@ class RedisClusterProcs:
         for node in self.nodes:
             node.stop()
 
+    def node_id(self, node: RedisProc) -> str:
+        return command(node.port, "CLUSTER", "MYID").decode().split("\r\n")[1]
+
+    def owner(self, slot: int) -> RedisProc:
+        """The live master serving ``slot``."""
+        for node in self.nodes:
+            if node.proc is not None and any(lo <= slot <= hi for lo, hi in self.slots(node)):
+                return node
+        raise LookupError(f"no live master serves slot {slot}")
+
+    def masters(self) -> list[RedisProc]:
+        return [n for n in self.nodes if n.proc is not None and self.slots(n)]
+
     def slots(self, node: RedisProc) -> list[tuple[int, int]]:
         """The slot ranges ``node`` serves (from its CLUSTER NODES "myself" line)."""
         reply = command(node.port, "CLUSTER", "NODES").decode()
@@ -214,11 +227,23 @@ def _cluster_ok(port: int) -> bool:
     return False
 
 
-def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
-    """``masters`` cluster-enabled servers joined by ``redis-cli --cluster create``."""
+def _replica_synced(port: int) -> bool:
+    """A master, or a replica whose link to its master is up."""
+    with contextlib.suppress(OSError):
+        info = command(port, "INFO", "replication", timeout=1.0)
+        return b"role:master" in info or b"master_link_status:up" in info
+    return False
+
+
+def start_cluster(
+    directory: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000
+) -> RedisClusterProcs:
+    """``masters`` cluster-enabled servers joined by ``redis-cli --cluster create``, each with
+    ``replicas`` replicas (``node_timeout_ms``: how long a silent master lasts before its
+    replica takes over)."""
     nodes: list[RedisProc] = []
     try:
-        for i in range(masters):
+        for i in range(masters * (1 + replicas)):
             node_dir = directory / f"node{i}"
             node_dir.mkdir(parents=True, exist_ok=True)
             for attempt in range(5):
@@ -227,7 +252,7 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
                     "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
                     "--save", "", "--appendonly", "no", "--daemonize", "no",
                     "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", "5000",
+                    "--cluster-node-timeout", str(node_timeout_ms),
                 ]  # fmt: skip
                 node = RedisProc(node_dir, port, args)
                 try:
@@ -246,7 +271,7 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in nodes),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             capture_output=True,
@@ -256,7 +281,7 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisClusterProcs:
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-800:]!r}")
         deadline = time.monotonic() + CLUSTER_TIMEOUT
-        while not all(_cluster_ok(n.port) for n in nodes):
+        while not all(_cluster_ok(n.port) and _replica_synced(n.port) for n in nodes):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster not ok within {CLUSTER_TIMEOUT}s")
             time.sleep(0.05)

@@ -68,6 +68,7 @@ class Config:
     leeway_seconds: float = 5.0
     task_max_ttl: float = 3600.0
     task_default_ttl: float = 900.0
+    task_retention: float = 600.0  # tasks.retention_seconds: kept past expiry (tombstones, lists)
     quota_per_task: int = 64
     quota_per_agent: int = 1024
     max_delegation_depth: int = 3
@@ -108,6 +109,7 @@ _KNOWN: dict[str, tuple[str, ...] | None] = {
         "max_delegation_depth",
         "max_live_per_agent",
         "require_registered_agents",
+        "retention_seconds",
     ),
     "quotas": ("per_task", "per_agent"),
     "store_options": ("timeout_seconds",),
@@ -327,6 +329,7 @@ def _validate(data: Mapping[str, Any], base: Path) -> Config:
         leeway_seconds=_num(tokens, "leeway_seconds", "tokens.leeway_seconds", 5, 0),
         task_max_ttl=max_ttl,
         task_default_ttl=default_ttl,
+        task_retention=_num(tasks, "retention_seconds", "tasks.retention_seconds", 600, 0),
         max_delegation_depth=int(
             _num(tasks, "max_delegation_depth", "tasks.max_delegation_depth", 3, 0)
         ),

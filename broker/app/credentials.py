@@ -94,6 +94,7 @@ REFUSALS_PER_MINUTE = 6000  # verifier.refusal records one MCP server may write 
 class Limits:
     task_max_ttl: float = 3600.0
     task_default_ttl: float = 900.0
+    task_retention: float = TASK_RETENTION
     quotas: Quotas = field(default_factory=Quotas)
     leeway: float = 5.0
     max_delegation_depth: int = 3
@@ -229,7 +230,7 @@ class Broker:
         )
         await self.store.create_task(
             task,
-            retain_until=expires_at + TASK_RETENTION,
+            retain_until=expires_at + self.limits.task_retention,
             max_live_per_agent=self.limits.max_live_tasks_per_agent,
         )
         self._audit(AuditEventName.TASK_BEGIN, peer, task=task.task_id, extra={"depth": depth})

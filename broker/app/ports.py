@@ -48,6 +48,12 @@ class Quotas:
     per_agent: int = 1024  # live credentials per agent, across its tasks
 
 
+# The revocation feed keeps events for at least this long (and at most about 100,000 of them):
+# far longer than any credential lives (300 s at most), so that a verifier that was away for
+# less than the window misses nothing. A quiet feed's events go once the window has passed.
+REVOCATION_WINDOW = 3600.0
+
+
 class TaintRose(Exception):
     """``record_credential`` refused: the task's taint rose above the one the credential was
     decided at (a ReportOutcome raced the mint). Nothing was recorded; decide again at
@@ -190,7 +196,8 @@ class Store(Protocol):
         ...
 
     async def revocations_since(self, cursor: str, limit: int = 1000) -> Sequence[RevocationEvent]:
-        """Events after ``cursor`` ("" = from the beginning of what is retained)."""
+        """Events after ``cursor`` ("" = from the beginning of what is retained: at least
+        ``REVOCATION_WINDOW`` seconds of events, as long as there are fewer than 100,000)."""
         ...
 
     def watch_revocations(self, cursor: str) -> AsyncIterator[RevocationEvent]:

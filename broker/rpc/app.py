@@ -89,6 +89,7 @@ def build_components(
         limits=Limits(
             task_max_ttl=config.task_max_ttl,
             task_default_ttl=config.task_default_ttl,
+            task_retention=config.task_retention,
             quotas=Quotas(per_task=config.quota_per_task, per_agent=config.quota_per_agent),
             leeway=config.leeway_seconds,
             max_delegation_depth=config.max_delegation_depth,

@@ -8,6 +8,7 @@ when read, as for tasks) and pruned of entries past their retention on each writ
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -80,6 +81,10 @@ class RedisApprovals:
     def _keys(self, task_id: str) -> tuple[str, str, str]:
         p = f"{self._ns}:{{{task_id}}}:"
         return p + "task", p + "ap", p + "apl"
+
+    def set_keys(self, task_id: str) -> tuple[str, str]:
+        """The task's approval keys that CREATE makes with a sentinel (see _redis_lua)."""
+        return self._keys(task_id)[1:]
 
     @property
     def _index_key(self) -> str:
@@ -169,24 +174,21 @@ class RedisApprovals:
         if parts is None:
             return None
         _, ap, _ = self._keys(parts[0])
-        async with self._guard.io():
-            row: Any = await self._r.hmget(ap, _fields(parts[1]))
+        fields = _fields(parts[1])
+        row: Any = await self._guard.read(lambda: self._r.hmget(ap, fields))
         return _record(approval_id, row)
 
     async def listed(self, *, task_id: str, now: float, limit: int) -> Sequence[ApprovalRecord]:
         if task_id:
             return (await self._of_task(task_id))[:limit]
-        async with self._guard.io():
-            ids: Any = await self._r.zrangebyscore(self._index_key, fnum(now), "+inf")
+        key = self._index_key
+        ids: Any = await self._guard.read(lambda: self._r.zrangebyscore(key, fnum(now), "+inf"))
         found = [(_s(i), _parts(_s(i))) for i in ids]
         aids = [(aid, parts) for aid, parts in found if parts is not None]
         out: list[ApprovalRecord] = []
         for i in range(0, len(aids), _BATCH):
             chunk = aids[i : i + _BATCH]
-            async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
-                for _aid, (tid, sfx) in chunk:
-                    pipe.hmget(self._keys(tid)[1], _fields(sfx))
-                rows = await pipe.execute()
+            rows = await self._guard.read(functools.partial(self._hmgets, chunk))
             for (aid, _), row in zip(chunk, rows, strict=True):
                 rec = _record(aid, row)
                 if rec is not None:
@@ -194,16 +196,21 @@ class RedisApprovals:
         out.sort(key=lambda a: a.created_at)
         return out[:limit]
 
+    async def _hmgets(self, chunk: Sequence[tuple[str, tuple[str, str]]]) -> list[Any]:
+        async with self._r.pipeline(transaction=False) as pipe:
+            for _aid, (tid, sfx) in chunk:
+                pipe.hmget(self._keys(tid)[1], _fields(sfx))
+            return list(await pipe.execute())
+
     async def _of_task(self, task_id: str) -> list[ApprovalRecord]:
         if not task_id_ok(task_id):
             return []
         _, ap, _ = self._keys(task_id)
-        async with self._guard.io():
-            flat: Any = await self._r.hgetall(ap)
+        flat: Any = await self._guard.read(lambda: self._r.hgetall(ap))
         fields = {_s(k): v for k, v in flat.items()}
         out = []
         for name in fields:
-            if ":" in name:
+            if ":" in name or name == lua.SENTINEL:
                 continue
             row = [fields.get(name), *(fields.get(f"{name}:{f}") for f in "sdu")]
             rec = _record(f"ap_{task_id}.{name}", row)

@@ -1,7 +1,9 @@
 """The revocation feed on a Redis stream: one entry per event, its id is the cursor.
 
 Replicas and verifiers follow it (``WatchRevocations``); it is trimmed to about ``MAX_EVENTS``
-entries (``XADD MAXLEN ~``). On a Redis Cluster the stream is one key, on one node.
+entries (``XADD MAXLEN ~``) and to the events of the last ``window`` seconds (``XTRIM MINID ~``
+by Redis's clock), and the key expires ``window`` seconds after the last event. On a Redis
+Cluster the stream is one key, on one node.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
+from broker.adapters.store import _redis_lua as lua
 from broker.adapters.store._redis_codec import fnum
 from broker.adapters.store._redis_io import Guard
+from broker.app.ports import REVOCATION_WINDOW
 from broker.core.errors import NotFound, StoreUnavailable
 from broker.core.model import RevocationEvent, RevocationKind
 
@@ -51,6 +55,8 @@ class RevocationFeed:
         self._guard = guard
         self._block_ms = max(10, int(block * 1000))
         self._closed = False
+        self._publish = client.register_script(lua.FEED_PUBLISH)
+        self.window = REVOCATION_WINDOW
 
     def close(self) -> None:
         """End the watch loops (at their next read)."""
@@ -66,16 +72,11 @@ class RevocationFeed:
         blocked: bool = False,
         until: float = 0.0,
     ) -> RevocationEvent:
-        fields = {"k": kind, "s": subject, "t": fnum(revoked_at), "r": reason}
+        args: list[Any] = [MAX_EVENTS, max(1, int(self.window * 1000))]
+        args += ["k", kind, "s", subject, "t", fnum(revoked_at), "r", reason]
         if blocked:
-            fields["b"] = fnum(until)
-        async with self._guard.io():
-            cursor = await self._r.xadd(
-                self._stream,
-                fields,  # type: ignore[arg-type]
-                maxlen=MAX_EVENTS,
-                approximate=True,
-            )
+            args += ["b", fnum(until)]
+        cursor = await self._guard.call(lambda: self._publish(keys=[self._stream], args=args))
         return RevocationEvent(_s(cursor), kind, subject, revoked_at, reason, blocked, until)
 
     @staticmethod
@@ -97,8 +98,9 @@ class RevocationFeed:
         start = "-" if cursor in ("", "0") else "(" + _check_cursor(cursor)
         if start != "-":
             await self._check_retained(cursor)
-        async with self._guard.io():
-            entries: Any = await self._r.xrange(self._stream, start, "+", count=limit)
+        entries: Any = await self._guard.read(
+            lambda: self._r.xrange(self._stream, start, "+", count=limit)
+        )
         return [self._event(c, f) for c, f in entries]
 
     async def _check_retained(self, cursor: str) -> None:
@@ -161,6 +163,7 @@ class RevocationFeed:
                     yield event
 
     async def last_cursor(self) -> str:
-        async with self._guard.io():
-            entries: Any = await self._r.xrevrange(self._stream, "+", "-", count=1)
+        entries: Any = await self._guard.read(
+            lambda: self._r.xrevrange(self._stream, "+", "-", count=1)
+        )
         return _s(entries[0][0]) if entries else "0"

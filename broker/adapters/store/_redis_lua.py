@@ -16,9 +16,21 @@ Task keys (hash tag ``{task_id}``):
   tg     list   interned (server, tool) pairs, orjson-encoded; a credential stores the index
   kids   set    ids of sub-tasks
 Agent keys (hash tag ``{agent:<id>}``): quota hash (expiry bucket -> live credentials).
+
+Migrating slots (Redis Cluster resharding): while a slot migrates, Redis runs a multi-key command
+only where ALL its keys exist (the source, or the destination after ASK) and answers TRYAGAIN when
+one is missing, and a script cannot create a key on the source. So every key a task script
+declares exists from the task's creation until its expiry: CREATE makes each set key with a
+SENTINEL member ("-" in creds, kids and ap; "-" scored +inf in live and apl; "-" at index 0 of
+tg) and all of them share the task's TTL. Readers skip the sentinel (no jti, task id, approval
+suffix or target is "-"), counts exclude the +inf score, and END empties live without deleting
+it. CREATE itself declares only the (new, hence missing) task key and writes the others
+undeclared: that runs on the slot's owner, or on the destination after ASK.
 """
 
 from __future__ import annotations
+
+SENTINEL = "-"
 
 # KEYS: task, creds, live, tg, kids
 # ARGV: field, packed record (without flag and target index), expires_at, now, per-task limit,
@@ -34,7 +46,7 @@ local now = tonumber(ARGV[4])
 if now >= tonumber(t[2]) then return {'ENDED', '4'} end
 if ARGV[9] ~= '' and tonumber(t[4]) > tonumber(ARGV[9]) then return {'TAINT', t[4]} end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
-local n = redis.call('ZCARD', KEYS[3])
+local n = redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
 if n >= tonumber(ARGV[5]) then return {'QUOTA', n} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
 local idx = redis.call('LPOS', KEYS[4], ARGV[6])
@@ -153,6 +165,8 @@ return {1, n + 1}
 
 # KEYS: task     ARGV: rec, state, taint, expires_at, retain_until, agent, ended_at, reason, ttl ms,
 #                      delegation chain (agents joined by newlines), created_at
+# Also makes the task's set keys (creds, live, tg, kids, ap, apl: same prefix as KEYS[1], not
+# declared, see the module docstring) with their sentinel and the task's TTL.
 # -> 1 created | 0 exists
 CREATE = """#!lua
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -160,6 +174,16 @@ redis.call('HSET', KEYS[1], 'rec', ARGV[1], 'st', ARGV[2], 'tn', ARGV[3], 'exp',
            'ret', ARGV[5], 'ag', ARGV[6], 'ac', ARGV[10], 'cr', ARGV[11])
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'e', ARGV[7], 'why', ARGV[8]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[9])
+local p = string.sub(KEYS[1], 1, -5)
+redis.call('HSET', p .. 'creds', '-', '')
+redis.call('ZADD', p .. 'live', '+inf', '-')
+redis.call('RPUSH', p .. 'tg', '-')
+redis.call('SADD', p .. 'kids', '-')
+redis.call('HSET', p .. 'ap', '-', '')
+redis.call('ZADD', p .. 'apl', '+inf', '-')
+for _, k in ipairs({'creds', 'live', 'tg', 'kids', 'ap', 'apl'}) do
+  redis.call('PEXPIRE', p .. k, ARGV[9])
+end
 return 1
 """
 
@@ -189,8 +213,8 @@ if t[1] ~= '1' then
   return {0, t[2], kids, {}, t[3] and 1 or 0, t[4] or '0', t[5] or ''}
 end
 redis.call('HSET', KEYS[1], 'st', ARGV[1], 'e', ARGV[2], 'why', ARGV[3], 'pend', '1')
-local live = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-redis.call('DEL', KEYS[2])
+local live = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(+inf', 'WITHSCORES')
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(+inf')
 return {1, t[2], kids, live}
 """
 
@@ -219,10 +243,22 @@ return {redis.call('HGETALL', KEYS[2]), redis.call('LRANGE', KEYS[3], 0, -1),
         redis.call('HGET', KEYS[1], 'ag') or ''}
 """
 
+# Index keys live as long as their longest-lived entry (the TTL only ever grows), so a quiet
+# broker's indexes go away with its last retained task.
+_EXTEND_FN = """
+local function extend(key, upto, now)
+  local ttl = math.ceil((tonumber(upto) - tonumber(now)) * 1000)
+  if ttl > 0 and redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, ttl) end
+end
+"""
+
 # An index of task ids: KEYS: by_created zset, by_retain zset
 # ARGV: task id, created_at, retain_until, now
 # Adds the task (retain only ever grows) and forgets at most 100 entries retained past ``now``.
-INDEX_TASK = """#!lua
+INDEX_TASK = (
+    "#!lua"
+    + _EXTEND_FN
+    + """
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[2], 'GT', ARGV[3], ARGV[1])
 local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4], 'LIMIT', 0, 100)
@@ -230,14 +266,33 @@ if #old > 0 then
   redis.call('ZREM', KEYS[1], unpack(old))
   redis.call('ZREM', KEYS[2], unpack(old))
 end
+for i = 1, 2 do extend(KEYS[i], ARGV[3], ARGV[4]) end
 return #old
 """
+)
 
-# The per-server index: KEYS: zset task -> retain     ARGV: task id, retain, now
-INDEX_SERVER = """#!lua
+# A one-key index (per server: task -> retain; live tasks: task -> expires_at; approvals):
+# KEYS: zset     ARGV: member, score (a time), now
+INDEX_SERVER = (
+    "#!lua"
+    + _EXTEND_FN
+    + """
 redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+extend(KEYS[1], ARGV[2], ARGV[3])
 return 1
+"""
+)
+
+# The revocation feed: KEYS: stream     ARGV: max events, window ms, field, value, ...
+# Appends one event, drops those older than the window (by their ids: Redis's own clock, in ms)
+# and lets a quiet stream expire after the window. -> the event's id (the cursor)
+FEED_PUBLISH = """#!lua
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+local at = tonumber(string.match(id, '^(%d+)'))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', at - tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return id
 """
 
 # -- approvals (broker.core.approvals) -------------------------------------------------------------
@@ -265,7 +320,7 @@ if old then
   if o[2] == '1' and now < tonumber(o[5]) then return {'EXISTS', old, o[1], o[2], o[3], o[4]} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[8])
-local n = redis.call('ZCARD', KEYS[3])
+local n = redis.call('ZCOUNT', KEYS[3], '-inf', '(+inf')
 if n >= tonumber(ARGV[6]) then return {'QUOTA', n} end
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return {'DUP'} end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2], ARGV[1] .. ':s', '1', ARGV[1] .. ':x', ARGV[4],

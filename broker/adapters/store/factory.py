@@ -234,6 +234,25 @@ def open_sync_redis(
     return redis.Redis(retry=retry, **target.client_kwargs(timeout)), target
 
 
+def _lifo_acquire(node: ClusterNode) -> Any:
+    """A cluster node's most recently released connection first (redis-py takes the oldest).
+
+    On an ASK redirection (a slot being migrated) redis-py sends ASKING, releases that
+    connection, then takes one again for the command itself. ASKING only lasts for the next
+    command ON THE SAME CONNECTION: with a FIFO pool of two or more free connections the command
+    goes out on another one, is answered MOVED back to the source, and the redirect loops until
+    "TTL exhausted": every call on a migrated key fails. Taking the last released connection
+    (there is no await between the two) keeps them on one connection."""
+    free = node._free  # the pool redis-py keeps per node
+    if free:
+        return free.pop()
+    return _FIFO_ACQUIRE(node)
+
+
+_FIFO_ACQUIRE = ClusterNode.acquire_connection
+ClusterNode.acquire_connection = _lifo_acquire  # type: ignore[method-assign,assignment]
+
+
 def _no_retry() -> Retry:
     """No retries: a retried script may run twice; a failed call fails closed instead."""
     return Retry(NoBackoff(), 0)

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 
-from broker.app.ports import Quotas, TaintRose
+from broker.app.ports import REVOCATION_WINDOW, Quotas, TaintRose
 from broker.core.approvals import RETENTION, ApprovalRecord, ApprovalState, task_of_approval
 from broker.core.blocks import Block, covering, merged, refusal
 from broker.core.errors import FailedPrecondition, InvalidRequest, NotFound, QuotaExceeded, Reason
@@ -27,13 +27,15 @@ from broker.core.model import (
 from broker.core.tokens.keys import PublishedKey
 from broker.core.tooldefs import ToolPin
 
-MAX_EVENTS = 100_000  # revocation feed retention (by count)
+MAX_EVENTS = 100_000  # revocation feed retention by count, and by age: REVOCATION_WINDOW
 
 
 class MemoryStore:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskRecord] = {}
         self._retain: dict[str, float] = {}
+        # active tasks, oldest first: what list_tasks(ACTIVE) reads
+        self._live: dict[str, None] = {}
         self._children: dict[str, set[str]] = {}
         self._creds: dict[str, dict[str, CredentialRecord]] = {}
         self._agent_live: dict[str, dict[str, float]] = {}  # agent -> jti -> expires_at
@@ -48,6 +50,7 @@ class MemoryStore:
         # verifier's cursor from before is refused as a reset, however many events follow.
         self._epoch = secrets.randbelow(2**53) + 1
         self._changed = asyncio.Condition()
+        self.feed_window = REVOCATION_WINDOW  # seconds of revocation events kept
         self._published: dict[str, PublishedKey] = {}  # signing keys of the replicas, by kid
         self._lock = asyncio.Lock()
         self._pins: dict[str, dict[str, ToolPin]] = {}  # server -> tool -> pin
@@ -83,6 +86,8 @@ class MemoryStore:
             self._tasks[task.task_id] = task
             mine.add(task.task_id)
             self._retain[task.task_id] = retain_until
+            if task.state is TaskState.ACTIVE:
+                self._live[task.task_id] = None
             self._creds[task.task_id] = {}
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
@@ -98,9 +103,16 @@ class MemoryStore:
         limit: int = 1000,
     ) -> Sequence[TaskRecord]:
         self._prune(now)
+        if state is TaskState.ACTIVE:  # costs what the live set costs, not the retained set
+            candidates = [self._tasks[tid] for tid in self._live]
+            for task in candidates:
+                if task.state_at(now) is not TaskState.ACTIVE:
+                    self._live.pop(task.task_id, None)
+        else:
+            candidates = list(self._tasks.values())
         out = [
             t
-            for t in self._tasks.values()
+            for t in candidates
             if (not agent or t.agent == agent)
             and (state is None or t.state_at(now) is state)
             and t.created_at >= since
@@ -134,6 +146,7 @@ class MemoryStore:
                     continue
                 end_state = state if tid == task_id else TaskState.REVOKED
                 self._tasks[tid] = replace(task, state=end_state, ended_at=now, end_reason=reason)
+                self._live.pop(tid, None)
                 ended.append(tid)
                 for cred in self._creds.get(tid, {}).values():
                     if not cred.consumed and cred.expires_at > now:
@@ -336,12 +349,19 @@ class MemoryStore:
                 f"{self._epoch}-{seq}", kind, subject, revoked_at, reason, blocked, until
             )
             self._events.append(event)
-            if len(self._events) > MAX_EVENTS:
-                drop = len(self._events) - MAX_EVENTS
-                del self._events[:drop]
-                self._first_seq += drop
+            self._drop_events(revoked_at)
             self._changed.notify_all()
             return event
+
+    def _drop_events(self, now: float) -> None:
+        """Forget events beyond MAX_EVENTS, and those older than the window."""
+        drop = max(0, len(self._events) - MAX_EVENTS)
+        oldest = now - self.feed_window
+        while drop < len(self._events) and self._events[drop].revoked_at < oldest:
+            drop += 1
+        if drop:
+            del self._events[:drop]
+            self._first_seq += drop
 
     def _index_after(self, cursor: str) -> int:
         if cursor in ("", "0"):
@@ -415,7 +435,9 @@ class MemoryStore:
             self._prune(now)
 
     def _prune(self, now: float) -> None:
-        """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs)."""
+        """Forget tasks whose last credential expired long ago (bookkeeping, like Redis TTLs),
+        and revocation events older than the feed's window."""
+        self._drop_events(now)
         for tid in [t for t, until in self._retain.items() if until < now]:
             gone = self._tasks.pop(tid, None)
             if gone is not None and gone.agent in self._agent_tasks:
@@ -423,6 +445,7 @@ class MemoryStore:
                 if not self._agent_tasks[gone.agent]:
                     del self._agent_tasks[gone.agent]
             self._retain.pop(tid, None)
+            self._live.pop(tid, None)
             self._creds.pop(tid, None)
             self._task_servers.pop(tid, None)
             self._children.pop(tid, None)

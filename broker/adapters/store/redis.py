@@ -17,6 +17,7 @@ either ran or did not: no caller ever sees half of a change. Key layout (``ns`` 
     ns:{agent:<id>}:quota        hash   expiry bucket (5 s) -> the agent's live credentials
     ns:{agent:<id>}:tasks[:ret]  zsets  the agent's tasks by created_at [by retain_until]
     ns:{idx}:tasks[:ret]         zsets  every task by created_at [by retain_until]
+    ns:{agent:<id>|idx}:tasks:live  zset  live tasks -> expires_at (ListTasks(active))
     ns:{srv:<id>}:tasks          zset   tasks that held a credential for the server -> retain
     ns:{pins:<id>}:pinned        hash   tool -> "sha256|at": pinned definitions (``_redis_pins``)
     ns:{pins:<id>}:observed      hash   tool -> "sha256|at": what a guard last observed
@@ -62,9 +63,10 @@ NOSCRIPT).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -117,6 +119,8 @@ from broker.core.tokens.keys import PublishedKey
 from broker.core.tooldefs import ToolPin
 
 log = logging.getLogger(__name__)
+
+SENTINEL_B = lua.SENTINEL.encode()
 
 Client = Redis | RedisCluster
 
@@ -185,14 +189,32 @@ class RedisStore:
         tag = f"agent:{agent}" if agent else "idx"
         return [f"{self._ns}:{{{tag}}}:tasks", f"{self._ns}:{{{tag}}}:tasks:ret"]
 
+    def _live_index(self, agent: str) -> str:
+        """Live tasks -> expires_at (``{agent:<id>}:live`` is the live-task cap, another zset)."""
+        tag = f"agent:{agent}" if agent else "idx"
+        return f"{self._ns}:{{{tag}}}:tasks:live"
+
     def _server_index(self, server: str) -> str:
         return f"{self._ns}:{{srv:{server}}}:tasks"
 
     # -- I/O -----------------------------------------------------------------------------------
 
-    async def _run(self, script: Any, keys: Sequence[str], args: Iterable[object]) -> Any:
-        async with self._guard.io():
-            return await script(keys=keys, args=list(args))
+    async def _run(
+        self, script: Any, keys: Sequence[str], args: Iterable[object], *, read: bool = False
+    ) -> Any:
+        """One script, repeated only where that is safe (``Guard.call``)."""
+        argv = list(args)
+        return await self._guard.call(lambda: script(keys=keys, args=argv), idempotent=read)
+
+    async def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
+        """One pipeline of reads (repeated once on a broken connection)."""
+
+        async def op() -> list[Any]:
+            async with self._r.pipeline(transaction=False) as pipe:
+                build(pipe)
+                return list(await pipe.execute())
+
+        return await self._guard.read(op)
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -244,34 +266,15 @@ class RedisStore:
         now = task.created_at
         # Indexes first: an entry whose record is missing is skipped when listing, while a
         # record missing from the index would escape list_tasks (and a revoke-by-agent).
-        index_args = [tid, fnum(now), fnum(retain_until), fnum(now)]
+        *indexes, record = self.create_steps(task, retain_until)
         outcomes = await asyncio.gather(
-            self._run(self._index_task, self._index(""), index_args),
-            self._run(self._index_task, self._index(task.agent), index_args),
-            return_exceptions=True,
+            *(self._run(*step) for step in indexes), return_exceptions=True
         )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         keys = self._task_keys(tid)
-        ttl_ms = max(1000, int((retain_until - now) * 1000) + 1)
-        created = await self._run(
-            self._create,
-            keys[:1],
-            [
-                pack_task(task),
-                int(task.state),
-                int(task.taint),
-                fnum(task.expires_at),
-                fnum(retain_until),
-                task.agent,
-                fnum(task.ended_at) if task.ended_at else "",
-                task.end_reason,
-                ttl_ms,
-                "\n".join(task.act),
-                fnum(task.created_at),
-            ],
-        )
+        created = await self._run(*record)
         if not created:
             raise InvalidRequest("task_id", f"task {tid} already exists")
         if not parent:
@@ -281,19 +284,51 @@ class RedisStore:
         if _s(res[0]) == "OK":
             return
         try:  # the parent refused: undo the record (nobody has been given its id)
-            async with self._guard.io():
-                await self._r.delete(keys[0])
+            await self._guard.call(lambda: self._r.delete(*keys, *self._approvals.set_keys(tid)))
         except StoreUnavailable:
             log.warning("sub-task %s left orphaned (expires with its retention)", tid)
         if _s(res[0]) == "NOTFOUND":
             raise NotFound(f"parent task {parent} not found", Reason.TASK_NOT_FOUND)
         raise FailedPrecondition(f"parent task {parent} has ended", Reason.TASK_ENDED)
 
+    def create_steps(
+        self, task: TaskRecord, retain_until: float
+    ) -> list[tuple[Any, list[str], list[object]]]:
+        """The scripts that record a new task, as (script, keys, args): its indexes (run
+        first, in any order), then its record (returns 1 if created, 0 if it existed)."""
+        tid, now = task.task_id, task.created_at
+        index_args: list[object] = [tid, fnum(now), fnum(retain_until), fnum(now)]
+        steps: list[tuple[Any, list[str], list[object]]] = [
+            (self._index_task, self._index(""), index_args),
+            (self._index_task, self._index(task.agent), index_args),
+        ]
+        if task.is_live(now):  # the live-task index: what ListTasks(active) reads
+            live_args: list[object] = [tid, fnum(task.expires_at), fnum(now)]
+            steps.append((self._index_server, [self._live_index("")], live_args))
+            steps.append((self._index_server, [self._live_index(task.agent)], live_args))
+        keys = self._task_keys(tid)
+        ttl_ms = max(1000, int((retain_until - now) * 1000) + 1)
+        record: list[object] = [
+            pack_task(task),
+            int(task.state),
+            int(task.taint),
+            fnum(task.expires_at),
+            fnum(retain_until),
+            task.agent,
+            fnum(task.ended_at) if task.ended_at else "",
+            task.end_reason,
+            ttl_ms,
+            "\n".join(task.act),
+            fnum(task.created_at),
+        ]
+        steps.append((self._create, keys[:1], record))
+        return steps
+
     async def get_task(self, task_id: str) -> TaskRecord | None:
         if not task_id_ok(task_id):
             return None
-        async with self._guard.io():
-            fields: Any = await self._r.hmget(self._task_keys(task_id)[0], list(TASK_FIELDS))
+        key = self._task_keys(task_id)[0]
+        fields: Any = await self._guard.read(lambda: self._r.hmget(key, list(TASK_FIELDS)))
         return unpack_task(task_id, fields)
 
     async def list_tasks(
@@ -305,33 +340,62 @@ class RedisStore:
         now: float,
         limit: int = 1000,
     ) -> Sequence[TaskRecord]:
+        if state is TaskState.ACTIVE:
+            return await self._list_live(agent, since, now, limit)
         by_created = self._index(agent)[0]
         out: list[TaskRecord] = []
         offset = 0
         while len(out) < limit:
-            async with self._guard.io():
-                ids: Any = await self._r.zrangebyscore(
-                    by_created, fnum(since), "+inf", start=offset, num=_BATCH
+            ids: Any = await self._guard.read(
+                functools.partial(
+                    self._r.zrangebyscore, by_created, fnum(since), "+inf", offset, _BATCH
                 )
+            )
             if not ids:
                 break
             offset += len(ids)
             tids = [_s(i) for i in ids if task_id_ok(_s(i))]
-            async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
-                for tid in tids:
-                    pipe.hmget(self._task_keys(tid)[0], [*TASK_FIELDS, "ret"])
-                rows = await pipe.execute()
-            for tid, row in zip(tids, rows, strict=True):
-                task = unpack_task(tid, row[:-1])
-                if task is None or float(row[-1]) < now:
-                    continue
-                if (not agent or task.agent == agent) and (
-                    state is None or task.state_at(now) is state
-                ):
+            for task in await self._read_tasks(tids, agent, now):
+                if state is None or task.state_at(now) is state:
                     out.append(task)
             if len(ids) < _BATCH:
                 break
         return out[:limit]
+
+    async def _list_live(
+        self, agent: str, since: float, now: float, limit: int
+    ) -> Sequence[TaskRecord]:
+        """Reads the live-task index (ended tasks leave it at end_task, expired ones by their
+        expiry score): costs what the live set costs, whatever is retained."""
+        key = self._live_index(agent)
+        ids: Any = await self._guard.read(
+            lambda: self._r.zrangebyscore(key, f"({fnum(now)}", "+inf")
+        )
+        tids = [t for t in (_s(i) for i in ids) if task_id_ok(t)]
+        out = []
+        for i in range(0, len(tids), _BATCH):
+            for task in await self._read_tasks(tids[i : i + _BATCH], agent, now):
+                if task.created_at >= since and task.state_at(now) is TaskState.ACTIVE:
+                    out.append(task)
+        out.sort(key=lambda t: t.created_at)
+        return out[:limit]
+
+    async def _read_tasks(self, tids: Sequence[str], agent: str, now: float) -> list[TaskRecord]:
+        """The retained records of ``tids`` (of ``agent``, if given), in order."""
+
+        def build(pipe: Any) -> None:
+            for tid in tids:
+                pipe.hmget(self._task_keys(tid)[0], [*TASK_FIELDS, "ret"])
+
+        rows = await self._pipelined(build) if tids else []
+        out = []
+        for tid, row in zip(tids, rows, strict=True):
+            task = unpack_task(tid, row[:-1])
+            if task is None or float(row[-1]) < now:
+                continue
+            if not agent or task.agent == agent:
+                out.append(task)
+        return out
 
     async def raise_taint(self, task_id: str, taint: Taint) -> Taint:
         if task_id_ok(task_id):
@@ -348,6 +412,7 @@ class RedisStore:
         killed = 0
         ended: list[str] = []
         released: dict[str, list[str]] = {}
+        ended_by_agent: dict[str, list[str]] = {}
         seen: set[str] = set()
         pending = [task_id]
         while pending:
@@ -369,6 +434,7 @@ class RedisStore:
                 continue
             if code == 1:
                 ended.append(tid)
+                ended_by_agent.setdefault(_s(res[1]), []).append(tid)
                 await self._release_cap(self._agent_live_tasks(_s(res[1])), tid)
                 now_ms = now * 1000
                 scores = [int(float(x)) for x in res[3][1::2]]
@@ -383,7 +449,20 @@ class RedisStore:
             pending.extend(sorted((_s(k) for k in res[2]), reverse=True))
         for agent, buckets in released.items():
             await self._release(agent, buckets)
+        await self._unlist_live(ended_by_agent)
         return killed, ended
+
+    async def _unlist_live(self, ended_by_agent: dict[str, list[str]]) -> None:
+        """Best effort: an ended task missed here is skipped by readers and leaves the live
+        index at its expiry."""
+        try:
+            for agent, tids in ended_by_agent.items():
+                for key in (self._live_index(""), self._live_index(agent)):
+                    for i in range(0, len(tids), _BATCH):
+                        chunk = tids[i : i + _BATCH]
+                        await self._guard.call(functools.partial(self._r.zrem, key, *chunk))
+        except StoreUnavailable:
+            log.warning("live-task index not updated (ended tasks leave it at expiry)")
 
     async def _publish_task_event(self, task_id: str, at: float, reason: str) -> None:
         """Publish the "task" event, retrying within one deadline; then clear the task's mark.
@@ -400,48 +479,52 @@ class RedisStore:
                 if loop.time() + 0.05 >= give_up:
                     raise
                 await asyncio.sleep(0.05)
+        key = self._task_keys(task_id)[0]
         try:
-            async with self._guard.io():
-                await self._r.hdel(self._task_keys(task_id)[0], "pend")
+            await self._guard.call(lambda: self._r.hdel(key, "pend"))
         except StoreUnavailable:  # the event may be published twice: events are idempotent
             log.warning("could not clear the publish mark of task %s", task_id)
 
     async def tasks_with_server(self, server: str, now: float) -> Sequence[str]:
-        async with self._guard.io():
-            ids: Any = await self._r.zrangebyscore(self._server_index(server), fnum(now), "+inf")
+        key = self._server_index(server)
+        ids: Any = await self._guard.read(lambda: self._r.zrangebyscore(key, fnum(now), "+inf"))
         tids = sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
         if not tids:
             return []
-        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             for tid in tids:
                 keys = self._task_keys(tid)
                 pipe.hmget(keys[0], ["st", "exp"])
                 pipe.lrange(keys[3], 0, -1)
-            rows = await pipe.execute()
+
+        rows = await self._pipelined(build)
         out = []
         for i, tid in enumerate(tids):
             (st, exp), targets = rows[2 * i], rows[2 * i + 1]
             if st is None or int(st) != TaskState.ACTIVE or now >= float(exp):
                 continue
-            if any(unpack_target(t)[0] == server for t in targets):
+            if any(unpack_target(t)[0] == server for t in targets if t != SENTINEL_B):
                 out.append(tid)
         return out
 
     async def list_sub_tasks(self, task_id: str) -> Sequence[str]:
         if not task_id_ok(task_id):
             return []
-        async with self._guard.io():
-            ids: Any = await self._r.smembers(self._task_keys(task_id)[4])
+        key = self._task_keys(task_id)[4]
+        ids: Any = await self._guard.read(lambda: self._r.smembers(key))
         return sorted(t for t in (_s(i) for i in ids) if task_id_ok(t))
 
     async def count_live_credentials(self, task_id: str, now: float) -> int:
         if not task_id_ok(task_id):
             return 0
         keys = self._task_keys(task_id)
-        async with self._guard.io(), self._r.pipeline(transaction=False) as pipe:
+
+        def build(pipe: Any) -> None:
             pipe.hget(keys[0], "st")
-            pipe.zcount(keys[2], "(" + fnum(now * 1000), "+inf")
-            st, count = await pipe.execute()
+            pipe.zcount(keys[2], "(" + fnum(now * 1000), "(+inf")  # not the sentinel
+
+        st, count = await self._pipelined(build)
         return int(count) if st is not None and int(st) == TaskState.ACTIVE else 0
 
     # -- approvals (broker.adapters.store._redis_approvals) ----------------------------------------
@@ -606,7 +689,7 @@ class RedisStore:
         if field is None:
             return None
         keys = self._task_keys(task_id)
-        res = await self._run(self._get_cred, [keys[0], keys[1], keys[3]], [field])
+        res = await self._run(self._get_cred, [keys[0], keys[1], keys[3]], [field], read=True)
         if res is None:
             return None
         value, target, agent = res
@@ -616,9 +699,13 @@ class RedisStore:
         if not task_id_ok(task_id):
             return []
         keys = self._task_keys(task_id)
-        flat, targets, agent = await self._run(self._list_creds, [keys[0], keys[1], keys[3]], [])
+        flat, targets, agent = await self._run(
+            self._list_creds, [keys[0], keys[1], keys[3]], [], read=True
+        )
         creds = []
         for i in range(0, len(flat), 2):
+            if flat[i] == SENTINEL_B:
+                continue
             value = flat[i + 1]
             idx = int.from_bytes(value[1:3], "little")
             creds.append(unpack_credential(task_id, _s(agent), flat[i], value, targets[idx]))
@@ -669,6 +756,15 @@ class RedisStore:
 
     async def last_revocation_cursor(self) -> str:
         return await self._feed.last_cursor()
+
+    @property
+    def feed_window(self) -> float:
+        """Seconds of revocation events kept (``REVOCATION_WINDOW``; tests shorten it)."""
+        return self._feed.window
+
+    @feed_window.setter
+    def feed_window(self, seconds: float) -> None:
+        self._feed.window = seconds
 
     # -- kill switches (broker.core.blocks) --------------------------------------------------------
 
@@ -741,8 +837,7 @@ class RedisStore:
         return await self._published.read(now)
 
     async def ping(self) -> None:
-        async with self._guard.io():
-            await self._r.ping()
+        await self._guard.read(self._r.ping)
 
     async def close(self) -> None:
         self._feed.close()
