@@ -43,6 +43,9 @@ class MemoryStore:
         self._approvals: dict[str, ApprovalRecord] = {}  # insertion order: oldest first
         self._blocks: dict[tuple[str, str], Block] = {}
         self._agent_tasks: dict[str, set[str]] = {}  # agent -> its retained task ids
+        # agent -> the ids of its tasks that were live when last looked at (a superset of the
+        # live ones: ended and expired ones leave when the cap is near, see _live_tasks_of)
+        self._agent_live_tasks: dict[str, set[str]] = {}
         self._pruned_at = float("-inf")
         self._events: list[RevocationEvent] = []
         self._first_seq = 1  # sequence number of self._events[0]
@@ -66,7 +69,7 @@ class MemoryStore:
                 raise InvalidRequest("task_id", f"task {task.task_id} already exists")
             mine = self._agent_tasks.setdefault(task.agent, set())
             if max_live_per_agent:
-                live = sum(1 for t in mine if self._tasks[t].is_live(task.created_at))
+                live = self._live_tasks_of(task.agent, task.created_at, max_live_per_agent)
                 if live >= max_live_per_agent:
                     raise QuotaExceeded(
                         f"agent {task.agent} has {live} live tasks "
@@ -85,10 +88,24 @@ class MemoryStore:
                 self._children.setdefault(task.parent_task_id, set()).add(task.task_id)
             self._tasks[task.task_id] = task
             mine.add(task.task_id)
+            if task.state is TaskState.ACTIVE:
+                self._agent_live_tasks.setdefault(task.agent, set()).add(task.task_id)
             self._retain[task.task_id] = retain_until
             if task.state is TaskState.ACTIVE:
                 self._live[task.task_id] = None
             self._creds[task.task_id] = {}
+
+    def _live_tasks_of(self, agent: str, now: float, cap: int) -> int:
+        """How many of ``agent``'s tasks are live, counted against ``cap`` at the cost of the
+        live set, not of the retained one: the dead are swept out only when the set reaches the
+        cap, so each task is looked at once after it died (amortized O(1) per BeginTask)."""
+        live = self._agent_live_tasks.get(agent)
+        if live is None:
+            return 0
+        if len(live) >= cap:
+            dead = [tid for tid in live if not ((t := self._tasks.get(tid)) and t.is_live(now))]
+            live.difference_update(dead)
+        return len(live)
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         return self._tasks.get(task_id)
@@ -289,8 +306,9 @@ class MemoryStore:
                     f"(limit {quotas.per_task}); use or let some expire first"
                 )
             agent_live = self._agent_live.setdefault(cred.agent, {})
-            for jti in [j for j, exp in agent_live.items() if exp <= now]:
-                del agent_live[jti]
+            if len(agent_live) >= quotas.per_agent:  # expired ones matter only near the cap
+                for jti in [j for j, exp in agent_live.items() if exp <= now]:
+                    del agent_live[jti]
             if len(agent_live) >= quotas.per_agent:
                 raise QuotaExceeded(
                     f"agent {cred.agent} holds {len(agent_live)} live credentials "
@@ -444,11 +462,20 @@ class MemoryStore:
                 self._agent_tasks[gone.agent].discard(tid)
                 if not self._agent_tasks[gone.agent]:
                     del self._agent_tasks[gone.agent]
+            if gone is not None and gone.agent in self._agent_live_tasks:
+                self._agent_live_tasks[gone.agent].discard(tid)
+                if not self._agent_live_tasks[gone.agent]:
+                    del self._agent_live_tasks[gone.agent]
             self._retain.pop(tid, None)
             self._live.pop(tid, None)
             self._creds.pop(tid, None)
             self._task_servers.pop(tid, None)
             self._children.pop(tid, None)
+        for agent, live in list(self._agent_live.items()):  # credentials past their expiry
+            for jti in [j for j, exp in live.items() if exp <= now]:
+                del live[jti]
+            if not live:
+                del self._agent_live[agent]
         for aid in [a for a in self._approvals if task_of_approval(a) not in self._tasks]:
             del self._approvals[aid]
 
