@@ -8,7 +8,7 @@ DEV_DIR := .broker-dev
 BROKER_LISTEN ?= 127.0.0.1:7443
 BROKER_STORE ?= memory://
 
-.PHONY: venv run run-vault test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile soak
+.PHONY: proxy-venv venv run run-vault test lint typecheck proto unit integration demo clean dev-pki deps-system node-deps bench bench-profile soak
 
 venv: $(STAMP)
 
@@ -84,8 +84,17 @@ integration: $(STAMP) deps-system node-deps
 
 # Starts redis-server, the broker (Redis store, one worker per core) and OpenBao (raft) in a temp
 # dir, measures (docs/performance.md), writes bench/results.json and bench/results.png. ~2-3 min.
-bench: $(STAMP) deps-system node-deps
+bench: $(STAMP) deps-system node-deps proxy-venv
 	@$(BIN)/python -m bench
+
+# The plain MCP proxy the bench compares broker gateway with (mcp-proxy from PyPI pins mcp<2, so
+# it cannot share .venv with the MCP SDK 2.x): its own virtualenv, made once.
+PROXY_VENV := .venv-proxy
+proxy-venv: $(PROXY_VENV)/bin/mcp-proxy
+
+$(PROXY_VENV)/bin/mcp-proxy:
+	@$(PY) -m venv $(PROXY_VENV)
+	@$(PROXY_VENV)/bin/python -m pip install -q 'mcp-proxy==0.13.0'
 
 # N minutes (SOAK_MINUTES, default 30) at half load on the memory and Redis stores: RSS, fds,
 # tasks and Redis keys sampled; growth, p99 first/last five minutes, leftovers (docs/performance.md).

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from bench import report, scenarios
+from bench import mcp_paths, report, scenarios
 from bench.procs import OpenBao, start_broker, start_openbao, start_redis
 from bench.scenarios import Context, Settings, median
 
@@ -42,6 +42,49 @@ def _put(figures: dict[str, Any], name: str, runs: list[dict[str, float]]) -> No
     for key in (*keys, "guard_cpu_us"):
         if runs and key in runs[0]:
             figures[f"{name}_{key}"] = round(median(runs, key), 3 if key != "rps" else 1)
+
+
+def _mcp_registry(directory: Path) -> Path:
+    """The dev registry plus the npm servers the MCP paths call (tests/support/gateway.py)."""
+    sys.path.insert(0, str(HERE.parent))
+    from tests.support.gateway import write_registry
+
+    (directory / "registry").mkdir(parents=True, exist_ok=True)
+    return write_registry(directory / "registry")
+
+
+def _put_mcp(figures: dict[str, Any], name: str, runs: list[dict[str, float]]) -> None:
+    """``NAME_1_*`` and ``NAME_8_*`` figures from runs at 1 and 8 in flight."""
+    figures["runs"][name] = runs
+    for n in mcp_paths.INFLIGHT:
+        these = [r for r in runs if r["inflight"] == n]
+        for key in ("rps", "p50_ms", "p99_ms"):
+            if these and key in these[0]:
+                figures[f"{name}_{n}_{key}"] = round(median(these, key), 3 if key != "rps" else 1)
+
+
+async def measure_mcp(settings: Settings, workers: int, directory: Path) -> dict[str, Any]:
+    """Only the MCP paths (``python -m bench mcp``): redis-server, the broker, the paths."""
+    figures: dict[str, Any] = {"runs": {}, "machine": report.machine()}
+    redis = start_redis(directory / "redis")
+    broker = None
+    try:
+        broker = start_broker(
+            directory / "broker",
+            f"{redis.url}?namespace=bench",
+            workers=workers,
+            registry=_mcp_registry(directory),
+        )
+        results = await mcp_paths.run(broker.target, broker.pki, directory / "mcp", settings, log)
+        for name, runs in results.items():
+            _put_mcp(figures, name, runs)
+    finally:
+        if broker is not None:
+            broker.stop()
+        redis.stop()
+    report.derive_mcp(figures)
+    figures["targets"] = [t for t in report.evaluate(figures) if t["key"].startswith("mcp_")]
+    return figures
 
 
 async def measure(
@@ -71,7 +114,12 @@ async def measure(
     bao: OpenBao | None = None
     broker = None
     try:
-        broker = start_broker(directory / "broker", f"{redis.url}?namespace=bench", workers=workers)
+        broker = start_broker(
+            directory / "broker",
+            f"{redis.url}?namespace=bench",
+            workers=workers,
+            registry=_mcp_registry(directory),
+        )
         log(f"broker on {broker.target}, worker pids {broker.worker_pids()}")
         ctx = Context(broker=broker, redis=redis, settings=settings, log=log)
 
@@ -110,6 +158,11 @@ async def measure(
         figures["revocation_max_ms"] = round(max(every), 3) if every else None
 
         await measure_guard(ctx, figures)
+        log("MCP tool calls: direct, through mcp-proxy, through broker gateway (+ guard)")
+        for name, runs in (
+            await mcp_paths.run(broker.target, broker.pki, directory / "mcp", settings, log)
+        ).items():
+            _put_mcp(figures, name, runs)
 
         bao = bao_future.result()
         for n in (1, 16):
@@ -130,6 +183,7 @@ async def measure(
         redis.stop()
     figures["load_average_after"] = report.load_average()
     figures["machine_during_bench"] = report.CpuSnapshot.take().others_since(cpu_start)
+    report.derive_mcp(figures)
     figures["targets"] = report.evaluate(figures)
     figures["bench_seconds"] = round(time.monotonic() - started, 1)
     return figures
@@ -228,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     prof.add_argument("--keep-raw", default="", help="copy the py-spy samples (collapsed) here")
     sub.add_parser("redis-client", help="client CPU of one Redis round trip, by client")
     sub.add_parser("guard", help="only the broker guard part (redis-server and the broker too)")
+    sub.add_parser("mcp", help="only the MCP paths: direct, mcp-proxy, broker gateway + guard")
     table = sub.add_parser("table", help="print the Markdown tables of a results file")
     table.add_argument("results", nargs="?", default=str(HERE / "results.json"))
     table.add_argument(
@@ -246,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
         from bench import redis_client
 
         return redis_client.main()
+    if args.command == "mcp":
+        from broker.rpc.workers import usable_cores
+
+        settings = Settings(duration=args.duration, runs=args.runs, warmup=args.warmup)
+        directory = Path(tempfile.mkdtemp(prefix="broker-bench-mcp-"))
+        results = asyncio.run(measure_mcp(settings, args.workers or usable_cores(), directory))
+        shutil.rmtree(directory, ignore_errors=True)
+        print(report.mcp_table(results))
+        return 0
     if args.command == "guard":
         from broker.rpc.workers import usable_cores
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import re
 import sys
 import tempfile
@@ -300,7 +301,9 @@ async def guard_vs_direct(ctx: Context) -> dict[str, list[dict[str, float]]]:
     read_tokens = await _mint(ctx, "files", "read_text_file", READ, supply)
 
     everything = await Process.start(
-        _node("everything-http"), stdout=asyncio.subprocess.DEVNULL, env=None
+        _node("everything-http"),
+        stdout=asyncio.subprocess.DEVNULL,
+        env={**os.environ, "PORT": "0"},  # a free port (default 3001 may be taken)
     )
     work = Path(tempfile.mkdtemp(prefix="broker-bench-guard-"))
     (work / "notes.txt").write_text("retry with backoff\n" * 20)

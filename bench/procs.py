@@ -165,6 +165,7 @@ def start_broker(
     *,
     workers: int,
     per_agent_quota: int = 10_000_000,
+    registry: Path | None = None,
     settings: dict[str, object] | None = None,
 ) -> BrokerProc:
     """`broker serve` with the dev registry and policies, a JSON lines audit file, signing keys
@@ -180,7 +181,7 @@ def start_broker(
         "listen": "127.0.0.1:0",
         "trust_domain": "dev.local",
         "store": store_url,
-        "registry": str(DEV / "registry.yaml"),
+        "registry": str(registry or DEV / "registry.yaml"),
         "policies": str(DEV / "policies"),
         "tls": {
             "cert": str(pki / "broker.crt"),

@@ -98,6 +98,14 @@ TARGETS = (
         "<=", 200.0, " B",
     ),
     Target(
+        "mcp_gateway_overhead_1", "MCP call via gateway + guard, p50 over direct @1",
+        "mcp_gateway_overhead_1_ms", None, "<=", 4.0, " ms",
+    ),
+    Target(
+        "mcp_gateway_vs_proxy_1", "gateway + guard overhead / plain mcp-proxy overhead @1",
+        "mcp_gateway_vs_proxy_1_x", None, "<=", 2.0, "x",
+    ),
+    Target(
         "guard_added_p50", "broker guard: added p50 @1 (server-filesystem read, stdio)",
         "guard_read_stdio_added_p50_ms", None, "<=", 2.0, " ms",
     ),
@@ -107,6 +115,64 @@ GUARD_PAIRS = (
     ("server-everything echo, HTTP upstream", "guard_echo_http"),
     ("server-filesystem read_text_file, stdio upstream", "guard_read_stdio"),
 )
+
+
+MCP_PATHS = (
+    ("direct (client -> server-everything)", "mcp_direct"),
+    ("plain proxy (mcp-proxy, unauthenticated)", "mcp_proxy"),
+    ("broker gateway + guard (credential per call)", "mcp_gateway"),
+)
+
+
+def derive_mcp(figures: dict[str, Any]) -> None:
+    """Overheads (p50) over the direct call and over the plain proxy, at 1 and 8 in flight (ms).
+    The ratio to the proxy's overhead only means something when the proxy costs anything: a
+    proxy that talks stdio to the server can beat the server's own HTTP transport."""
+    for n in (1, 8):
+        direct = figures.get(f"mcp_direct_{n}_p50_ms")
+        proxy = figures.get(f"mcp_proxy_{n}_p50_ms")
+        gateway = figures.get(f"mcp_gateway_{n}_p50_ms")
+        for path, value in (("proxy", proxy), ("gateway", gateway)):
+            if direct is not None and value is not None:
+                figures[f"mcp_{path}_overhead_{n}_ms"] = round(value - direct, 3)
+        if proxy is not None and gateway is not None:
+            figures[f"mcp_gateway_over_proxy_{n}_ms"] = round(gateway - proxy, 3)
+    over_proxy = figures.get("mcp_proxy_overhead_1_ms")
+    over_gateway = figures.get("mcp_gateway_overhead_1_ms")
+    if over_proxy is not None and over_gateway is not None and over_proxy > 0.1:
+        figures["mcp_gateway_vs_proxy_1_x"] = round(over_gateway / over_proxy, 2)
+
+
+def mcp_table(results: dict[str, Any]) -> str:
+    lines = [
+        "| MCP tool call (echo) | 1 in flight: rate | p50 | p99 | 8 in flight: rate | p50 | p99 "
+        "| p50 over direct @1 / @8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, prefix in MCP_PATHS:
+        cells = [label]
+        for n in (1, 8):
+            cells += [
+                _fmt(results.get(f"{prefix}_{n}_rps"), "/s"),
+                _fmt(results.get(f"{prefix}_{n}_p50_ms"), " ms"),
+                _fmt(results.get(f"{prefix}_{n}_p99_ms"), " ms"),
+            ]
+        path = prefix.removeprefix("mcp_")
+        over = [results.get(f"mcp_{path}_overhead_{n}_ms") for n in (1, 8)]
+        cells.append(" / ".join(_fmt(o, " ms") for o in over) if path != "direct" else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    extra = [results.get(f"mcp_gateway_over_proxy_{n}_ms") for n in (1, 8)]
+    if extra[0] is not None:
+        lines.append(
+            f"\ngateway + guard p50 over the plain proxy (same stdio server behind both), "
+            f"@1 / @8: {' / '.join(_fmt(e, ' ms') for e in extra)}"
+        )
+    for t in results.get("targets", []):
+        if t["key"].startswith("mcp_"):
+            verdict = "not measured" if t["met"] is None else t["detail"]
+            wanted = t.get("target", "")
+            lines.append(f"\n{t['what']}: {t.get('value', 'n/a')} (wanted {wanted}): {verdict}")
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -303,6 +369,8 @@ def table(results: dict[str, Any]) -> str:
         f"{_fmt(results.get('redis_bytes_per_credential'), ' B')} |",
         f"| Redis used_memory growth per live credential | "
         f"{_fmt(results.get('redis_used_memory_per_credential'), ' B')} |",
+        "",
+        mcp_table(results).split("\n\n")[0],
         "",
         *guard_table(results),
         "| target | measured | wanted | verdict |",

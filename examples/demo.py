@@ -8,6 +8,8 @@
 4. Starts `broker guard` in front of the npm server-filesystem (a scratch folder) and
    server-everything (``make node-deps`` installs them) and runs part two
    (examples/guard_demo.py): the same rules for servers nobody changed.
+5. Runs an unmodified MCP client through `broker gateway` and two `broker guard`s in front of
+   the npm servers (examples/gateway_demo.py).
 
 Logs of what it started: .broker-dev/demo-broker.log, demo-mcp.log, demo-guard-*.log.
 """
@@ -32,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from broker.client.sdk.channel import WorkloadCredentials, secure_channel  # noqa: E402
 from examples.agent_demo import run_story, urls_from_port  # noqa: E402
+from examples.gateway_demo import run_act as run_gateway_act  # noqa: E402
 from examples.guard_demo import run_guard_story  # noqa: E402
 
 NODE = ROOT / "node_modules" / "@modelcontextprotocol"
@@ -197,6 +200,8 @@ async def main() -> None:
         print("\n== Setting up part two: broker guard in front of the npm servers")
         async with guards(address) as urls:
             await run_guard_story(address, PKI, urls)
+        print("\n== 11. An unmodified MCP client (the MCP Python SDK's) through broker gateway")
+        await run_gateway_act(address, PKI)
     print(f"\ndemo finished in {time.monotonic() - started:.1f} s")
 
 

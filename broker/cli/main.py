@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "approvals": "broker.cli.approvals:approvals",
     "keys": "broker.cli.keys:keys",
     "token": "broker.cli.token:token",
+    "gateway": "broker.cli.gateway:gateway",
     "guard": "broker.cli.guard:guard",
     "registry": "broker.cli.registry:registry",
     "completion": "broker.cli.main:completion",

@@ -18,6 +18,7 @@ TAINT_TO_PB = {
     Taint.UNTRUSTED: common_pb2.TAINT_UNTRUSTED,
     Taint.SUSPECT: common_pb2.TAINT_SUSPECT,
 }
+TAINT_FROM_PB = {v: k for k, v in TAINT_TO_PB.items()}  # TAINT_UNSPECIFIED: absent
 
 
 def timestamp(seconds: float) -> timestamp_pb2.Timestamp:

@@ -18,6 +18,7 @@ from broker._proto.broker.v1 import (
     verifier_pb2,
     verifier_pb2_grpc,
 )
+from broker.app import gateway_support
 from broker.app.credentials import Broker
 from broker.app.toolpins import MAX_TOOLS, ToolPins
 from broker.core.errors import InvalidRequest
@@ -31,7 +32,13 @@ from broker.core.requests import (
     Refusal,
     VerifyRequest,
 )
-from broker.rpc.convert import PIN_STATUS_TO_PB, TAINT_TO_PB, digest_of_args, timestamp
+from broker.rpc.convert import (
+    PIN_STATUS_TO_PB,
+    TAINT_FROM_PB,
+    TAINT_TO_PB,
+    digest_of_args,
+    timestamp,
+)
 from broker.rpc.identity import current_peer
 from broker.rpc.status import abort
 
@@ -113,6 +120,54 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.EndTaskResponse:
         killed = await self._broker.end_task(current_peer(), request.task_id, request.outcome)
         return agent_pb2.EndTaskResponse(revoked_credentials=killed)
+
+    @rpc
+    async def PreviewTools(
+        self, request: agent_pb2.PreviewToolsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.PreviewToolsResponse:
+        taint, previews = await gateway_support.preview_tools(
+            self._broker,
+            current_peer(),
+            request.task_id,
+            [(t.server, t.tool) for t in request.tools],
+        )
+        return agent_pb2.PreviewToolsResponse(
+            taint=TAINT_TO_PB[taint],
+            decisions=[
+                agent_pb2.ToolPreview(
+                    server=p.server,
+                    tool=p.tool,
+                    decision=_PREVIEW_TO_PB[p.decision],
+                    reason=p.reason,
+                    message=p.message,
+                    policy_ids=list(p.policy_ids),
+                    reasons=list(p.reasons),
+                )
+                for p in previews
+            ],
+        )
+
+    @rpc
+    async def RaiseTaint(
+        self, request: agent_pb2.RaiseTaintRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.RaiseTaintResponse:
+        taint = await gateway_support.raise_taint(
+            self._broker,
+            current_peer(),
+            request.task_id,
+            request.server,
+            jti=request.jti,
+            findings=[(f.kind, f.detail) for f in request.findings],
+            floor=TAINT_FROM_PB.get(request.taint),
+        )
+        return agent_pb2.RaiseTaintResponse(taint=TAINT_TO_PB[taint])
+
+
+_PREVIEW_TO_PB = {
+    "allow": agent_pb2.PREVIEW_DECISION_ALLOW,
+    "approval": agent_pb2.PREVIEW_DECISION_APPROVAL,
+    "deny": agent_pb2.PREVIEW_DECISION_DENY,
+}
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServiceServicer):

@@ -45,6 +45,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for key in ("cores", "cpu", "python", "grpcio", "openssl"):
         assert machine[key], key
     assert {t["key"] for t in results["targets"]} == {t.key for t in TARGETS}
-    assert all(isinstance(t["met"], bool) for t in results["targets"])
+    # The gateway's cost relative to mcp-proxy's needs `make proxy-venv` and a proxy that costs
+    # something over the direct call (bench/report.py derive_mcp): it may be "not measured".
+    optional = {"mcp_gateway_vs_proxy_1"}
+    assert all(isinstance(t["met"], bool) for t in results["targets"] if t["key"] not in optional)
+    assert results["mcp_gateway_1_p50_ms"] > 0 and results["mcp_direct_1_p50_ms"] > 0
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| mint (RequestCredential) |" in result.stdout

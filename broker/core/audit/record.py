@@ -67,6 +67,8 @@ class AuditEventName(StrEnum):
     TOOL_PINNED = "tool.pinned"  # a guard saw a registry tool's definition first: pinned
     TOOL_CHANGED = "tool.changed"  # a definition differs from its pin: a rug pull until re-pinned
     TOOL_REPINNED = "tool.repinned"  # an operator re-pinned a tool to its observed definition
+    TASK_PREVIEW = "task.preview"  # PreviewTools: what policy would decide, nothing minted
+    TAINT_RAISE = "taint.raise"  # RaiseTaint: an agent reports an unguarded server's content
 
     @classmethod
     def revoke(cls, kind: str) -> AuditEventName:

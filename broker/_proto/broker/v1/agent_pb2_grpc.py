@@ -49,6 +49,16 @@ class AgentServiceStub:
                 request_serializer=broker_dot_v1_dot_agent__pb2.EndTaskRequest.SerializeToString,
                 response_deserializer=broker_dot_v1_dot_agent__pb2.EndTaskResponse.FromString,
                 _registered_method=True)
+        self.PreviewTools = channel.unary_unary(
+                '/broker.v1.AgentService/PreviewTools',
+                request_serializer=broker_dot_v1_dot_agent__pb2.PreviewToolsRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_agent__pb2.PreviewToolsResponse.FromString,
+                _registered_method=True)
+        self.RaiseTaint = channel.unary_unary(
+                '/broker.v1.AgentService/RaiseTaint',
+                request_serializer=broker_dot_v1_dot_agent__pb2.RaiseTaintRequest.SerializeToString,
+                response_deserializer=broker_dot_v1_dot_agent__pb2.RaiseTaintResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -75,6 +85,22 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewTools(self, request, context):
+        """What policy would decide now for each tool of a live task of the caller, without minting,
+        asking for approval or counting against quotas (a gateway lists only what could be granted).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RaiseTaint(self, request, context):
+        """Raises a task's taint after its agent read what an MCP server that does not verify
+        credentials returned (nobody else reports it). Never lowers it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +118,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.EndTask,
                     request_deserializer=broker_dot_v1_dot_agent__pb2.EndTaskRequest.FromString,
                     response_serializer=broker_dot_v1_dot_agent__pb2.EndTaskResponse.SerializeToString,
+            ),
+            'PreviewTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewTools,
+                    request_deserializer=broker_dot_v1_dot_agent__pb2.PreviewToolsRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_agent__pb2.PreviewToolsResponse.SerializeToString,
+            ),
+            'RaiseTaint': grpc.unary_unary_rpc_method_handler(
+                    servicer.RaiseTaint,
+                    request_deserializer=broker_dot_v1_dot_agent__pb2.RaiseTaintRequest.FromString,
+                    response_serializer=broker_dot_v1_dot_agent__pb2.RaiseTaintResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +211,60 @@ class AgentService:
             '/broker.v1.AgentService/EndTask',
             broker_dot_v1_dot_agent__pb2.EndTaskRequest.SerializeToString,
             broker_dot_v1_dot_agent__pb2.EndTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.AgentService/PreviewTools',
+            broker_dot_v1_dot_agent__pb2.PreviewToolsRequest.SerializeToString,
+            broker_dot_v1_dot_agent__pb2.PreviewToolsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RaiseTaint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/broker.v1.AgentService/RaiseTaint',
+            broker_dot_v1_dot_agent__pb2.RaiseTaintRequest.SerializeToString,
+            broker_dot_v1_dot_agent__pb2.RaiseTaintResponse.FromString,
             options,
             channel_credentials,
             insecure,
