@@ -18,6 +18,7 @@ from broker._proto.broker.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 from broker.client.gateway.tls import TlsFiles
 from broker.client.sdk.channel import secure_channel
 from broker.client.sdk.errors import error_from_rpc
+from broker.client.trace_context import grpc_metadata
 from broker.core.canonical import args_sha256
 
 DEFAULT_TIMEOUT = 5.0
@@ -91,7 +92,9 @@ class BrokerLink:
     async def _call(self, what: str, request: Any, deadline: float | None = None) -> Any:
         rpc = getattr(self._current(), what)
         try:
-            return await rpc(request, timeout=deadline or self.timeout)
+            # the assistant's trace (its tools/call _meta, made current) follows to the broker
+            metadata = grpc_metadata() or None
+            return await rpc(request, timeout=deadline or self.timeout, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, what=what) from None
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from opentelemetry import context as otel_context
+
 from broker.client.gateway import wire
 from broker.client.gateway.session import Session
 from broker.client.gateway.wire import JsonRpcError
+from broker.client.trace_context import extract_meta
 
 log = logging.getLogger("broker.gateway")
 
@@ -74,7 +77,13 @@ class Dispatcher:
             result: dict[str, Any] = {"tools": await session.list_tools()}
             return wire.response(msg_id, wire.modern(result, cacheable=True) if modern else result)
         if method == "tools/call":
-            result = await session.call_tool(params.get("name"), params.get("arguments"))
+            # The caller's W3C trace context (_meta) is current for the call: RequestCredential
+            # and the upstream call carry it on (docs/gateway.md, "Traces").
+            token = otel_context.attach(extract_meta(params.get("_meta")))
+            try:
+                result = await session.call_tool(params.get("name"), params.get("arguments"))
+            finally:
+                otel_context.detach(token)
             return wire.response(msg_id, wire.modern(result) if modern else result)
         if method == "logging/setLevel":
             return wire.response(msg_id, {})

@@ -27,6 +27,7 @@ from broker.client.gateway.config import UpstreamConfig
 from broker.client.gateway.tls import TlsFiles
 from broker.client.gateway.wire import LATEST_HANDSHAKE, SERVER_INFO
 from broker.client.mcp.wire import CREDENTIAL_REJECTED, DOMAIN
+from broker.client.trace_context import inject_meta
 from broker.core.errors import Reason
 
 _DESCRIPTION = re.compile(r'error_description="([A-Z_]+): ([^"]*)"')
@@ -101,9 +102,10 @@ class Upstream:
     async def call_tool(
         self, tool: str, arguments: Mapping[str, Any], token: str | None
     ) -> dict[str, Any]:
-        return await self._session_rpc(
-            "tools/call", {"name": tool, "arguments": dict(arguments)}, token=token
-        )
+        params: dict[str, Any] = {"name": tool, "arguments": dict(arguments)}
+        if trace_meta := inject_meta():  # the current trace context, nothing else of _meta
+            params["_meta"] = trace_meta
+        return await self._session_rpc("tools/call", params, token=token)
 
     # -- the session ---------------------------------------------------------------------------
 
