@@ -242,6 +242,7 @@ async def test_upstream_crash_clear_error_restart_and_no_credential_spent(
         status, body = await post_call(files.url, cred.token, "read_text_file", READ)
         assert status == 200 and body["error"]["data"]["reason"] == "UPSTREAM_UNAVAILABLE"
         assert "restarting" in body["error"]["message"]
+        assert "node" not in body["error"]["message"]  # not the upstream's command line
         for _ in range(200):  # restarted with back-off (0.05 s in tests)
             if upstream.ready:
                 break

@@ -264,10 +264,19 @@ class GuardApp:
         }
 
     def _upstream_down(self, message: Message, said: str) -> Reply:
+        """UPSTREAM_UNAVAILABLE. ``said`` names the upstream's command line or URL and the
+        transport's error: it goes to the guard's log only, never to a client (an internal
+        address is not the caller's business)."""
         log.warning("%s refused: UPSTREAM_UNAVAILABLE: %s", message.method, said)
+        public = (
+            "the MCP server behind this guard is restarting or cannot be reached; "
+            "try again shortly (the guard's log has the detail)"
+        )
         return Reply(
             200,
-            jsonrpc.refusal(message.id, jsonrpc.UPSTREAM_UNAVAILABLE, "UPSTREAM_UNAVAILABLE", said),
+            jsonrpc.refusal(
+                message.id, jsonrpc.UPSTREAM_UNAVAILABLE, "UPSTREAM_UNAVAILABLE", public
+            ),
         )
 
     async def _forward(self, message: Message, method: str) -> Reply:
